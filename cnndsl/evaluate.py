@@ -1,0 +1,86 @@
+"""Evaluate argument expressions: integer arithmetic, sizes, tuples, names.
+
+Values are int, float, bool, a padding mode ('same' | 'valid' | 'full') or a tuple of
+ints. `true`, `false`, `same`, `valid` and `full` are reserved words, not bindings.
+"""
+
+from __future__ import annotations
+
+from cnndsl import ast
+from cnndsl.errors import BindingError, CnnDslError, did_you_mean
+
+RESERVED = {"true": True, "false": False, "same": "same", "valid": "valid", "full": "full"}
+
+
+class Env:
+    """Names visible to an expression: `let` bindings plus the current macro's parameters.
+
+    `used` records every name looked up (in order), so unused --set bindings can be told.
+    """
+
+    def __init__(self, values: dict, used: dict | None = None):
+        self.values = values
+        self.used = used if used is not None else {}
+
+    def child(self, extra: dict) -> Env:
+        return Env({**self.values, **extra}, self.used)
+
+    def lookup(self, name: ast.Name):
+        if name.id in self.values:
+            self.used[name.id] = True
+            return self.values[name.id]
+        if name.id in RESERVED:
+            return RESERVED[name.id]
+        known = [n for n in self.values if not n.startswith("_")]
+        hint = did_you_mean(name.id, known) or (
+            f"bind it with 'let {name.id} = ...' or on the command line with "
+            f"--set {name.id}=...")
+        raise BindingError(f"unbound name '{name.id}'", name.span, hint=hint)
+
+
+def evaluate(expr: ast.Expr, env: Env):
+    if isinstance(expr, ast.Num):
+        return expr.value
+    if isinstance(expr, ast.Dims):
+        return expr.values
+    if isinstance(expr, ast.Name):
+        return env.lookup(expr)
+    if isinstance(expr, ast.TupleExpr):
+        return tuple(_number(evaluate(item, env), item, "a tuple entry") for item in expr.items)
+    if isinstance(expr, ast.Neg):
+        return -_number(evaluate(expr.operand, env), expr.operand, "'-'")
+    if isinstance(expr, ast.BinOp):
+        left = _number(evaluate(expr.left, env), expr.left, f"'{expr.op}'")
+        right = _number(evaluate(expr.right, env), expr.right, f"'{expr.op}'")
+        return _arithmetic(expr, left, right)
+    raise AssertionError(f"unknown expression {expr!r}")
+
+
+def _number(value, expr, what: str):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        shown = "x".join(map(str, value)) if isinstance(value, tuple) else str(value).lower()
+        raise CnnDslError(f"{what} needs a number, got {shown}", expr.span)
+    return value
+
+
+def _arithmetic(expr: ast.BinOp, left, right):
+    op = expr.op
+    if op == "+":
+        return left + right
+    if op == "-":
+        return left - right
+    if op == "*":
+        return left * right
+    if op == "//":
+        if right == 0:
+            raise CnnDslError("division by zero", expr.right.span)
+        if not (isinstance(left, int) and isinstance(right, int)):
+            raise CnnDslError("'//' divides whole numbers", expr.op_span)
+        return left // right
+    if op == "^":
+        if isinstance(right, int) and right < 0 and isinstance(left, int):
+            raise CnnDslError("a negative power is not a whole number", expr.right.span)
+        if abs(right) > 64:
+            raise CnnDslError(f"power {right} is too large", expr.right.span)
+        return left**right
+    raise AssertionError(f"unknown operator {op}")

@@ -1,0 +1,94 @@
+"""The op registry: one class per layer kind, looked up by its DSL name.
+
+Every pass (IR building, shapes, tables, diagrams, and later kernels) asks `OPS[name]`
+instead of branching on op names. An op class holds, as staticmethods taking its Params
+`p` first:
+
+- `shape(p, *in_shapes) -> out_shape` (shapes in declared order: spatial..., channels;
+  a flat tensor is `(features,)`); raises `ShapeMismatch`.
+- `param_shapes(p, in_shape) -> {name: shape}` in PyTorch's layouts (LANGUAGE.md §4),
+  weight before bias; `buffer_shapes` likewise for non-trained state.
+- `macs(p, in_shape, out_shape) -> int` as torchinfo counts them (conv and FC layers).
+- `describe(p) -> str`: the arguments in short, for tables and diagrams.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+from cnndsl.errors import ShapeMismatch
+
+OPS: dict[str, type[Op]] = {}
+
+
+@dataclasses.dataclass(frozen=True)
+class NoParams:
+    """Params of a layer that takes no arguments."""
+
+
+class Op:
+    name = "Op"
+    aliases: tuple[str, ...] = ()
+    Params = NoParams
+    #: how many inputs: 1, or None for any number >= 2 (merges)
+    arity: int | None = 1
+    #: False for ops the IR inserts itself (Input, Concat, Add)
+    user_callable = True
+    #: family, for diagram colours: conv, pool, dense, activation, norm, merge, io, shape
+    family = "other"
+
+    @staticmethod
+    def shape(p, *in_shapes):
+        raise NotImplementedError
+
+    @staticmethod
+    def param_shapes(p, in_shape) -> dict[str, tuple[int, ...]]:
+        return {}
+
+    @staticmethod
+    def buffer_shapes(p, in_shape) -> dict[str, tuple[int, ...]]:
+        return {}
+
+    @staticmethod
+    def macs(p, in_shape, out_shape) -> int:
+        return 0
+
+    @staticmethod
+    def describe(p) -> str:
+        return ""
+
+
+def register(cls: type[Op]) -> type[Op]:
+    for key in (cls.name, *cls.aliases):
+        assert key not in OPS, f"op {key} registered twice"
+        OPS[key] = cls
+    return cls
+
+
+def user_op_names() -> list[str]:
+    return [name for name, cls in OPS.items() if cls.user_callable]
+
+
+def num_elements(shape) -> int:
+    return math.prod(shape)
+
+
+def spatial(shape, op_name: str, what: str = "a spatial input") -> tuple[tuple[int, ...], int]:
+    """Split (spatial..., C) into (spatial, C); flat or >3-D inputs are errors."""
+    if len(shape) < 2:
+        raise ShapeMismatch(
+            f"needs {what} (L x C, H x W x C or D x H x W x C), got a flat tensor of "
+            f"{shape[0]} features",
+            hint=f"{op_name} cannot follow FC, Flatten or a global pool")
+    if len(shape) > 4:
+        raise ShapeMismatch(f"supports 1-D, 2-D and 3-D inputs, got {len(shape) - 1}-D")
+    return shape[:-1], shape[-1]
+
+
+def fmt_size(value) -> str:
+    return "x".join(str(v) for v in value) if isinstance(value, tuple) else str(value)
+
+
+# import every op module so that registration happens on `import cnndsl.ops`
+from cnndsl.ops import activations, conv, dense, normalization, pool, structure  # noqa: E402,F401

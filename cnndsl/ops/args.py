@@ -1,0 +1,157 @@
+"""Argument kinds for layer calls, and binding a call's arguments to an op's Params.
+
+An op's Params is a frozen dataclass whose fields are declared with `arg(kind, default)`;
+field order is the positional order of the DSL call. Binding checks names, counts and
+kinds, so every op gets the same errors for free.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import field
+
+PAD_MODES = ("same", "valid", "full")
+
+
+class ArgValueError(Exception):
+    """A value of the wrong kind; the IR builder adds the argument's span."""
+
+
+def _describe(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, tuple):
+        return "x".join(str(v) for v in value)
+    return str(value)
+
+
+def _whole(value, what: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ArgValueError(f"{what} must be a whole number, got {_describe(value)}")
+    if value < minimum:
+        raise ArgValueError(f"{what} must be at least {minimum}, got {value}")
+    return value
+
+
+class Kind:
+    """How one argument is checked and normalised."""
+
+    text = "a value"
+
+    def convert(self, value, what: str):
+        raise NotImplementedError
+
+
+class Count(Kind):
+    """A whole number >= minimum (filters, units, groups)."""
+
+    def __init__(self, minimum: int = 1):
+        self.minimum = minimum
+        self.text = f"a whole number >= {minimum}"
+
+    def convert(self, value, what):
+        return _whole(value, what, self.minimum)
+
+
+class Size(Kind):
+    """One number for every spatial axis, or a size per axis (3, 3x3, (3, 5))."""
+
+    def __init__(self, minimum: int = 1):
+        self.minimum = minimum
+        self.text = "a size such as 3 or 3x3"
+
+    def convert(self, value, what):
+        if isinstance(value, tuple):
+            return tuple(_whole(v, what, self.minimum) for v in value)
+        return _whole(value, what, self.minimum)
+
+
+class Padding(Kind):
+    """same | valid | full, or zeros per side (one number or one per axis)."""
+
+    text = "same, valid, full, or a number of zeros per side"
+
+    def __init__(self, modes=PAD_MODES):
+        self.modes = modes
+
+    def convert(self, value, what):
+        if isinstance(value, str):
+            if value not in self.modes:
+                raise ArgValueError(f"{what} must be {', '.join(self.modes)} or a number, "
+                                    f"got {value}")
+            return value
+        return Size(minimum=0).convert(value, what)
+
+
+class Real(Kind):
+    """A number in [low, high) or [low, high]."""
+
+    def __init__(self, low: float, high: float, high_open: bool = False):
+        self.low, self.high, self.high_open = low, high, high_open
+        close = ")" if high_open else "]"
+        self.text = f"a number in [{low}, {high}{close}"
+
+    def convert(self, value, what):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ArgValueError(f"{what} must be a number, got {_describe(value)}")
+        above = value >= self.high if self.high_open else value > self.high
+        if value < self.low or above:
+            raise ArgValueError(f"{what} must be {self.text[2:]}, got {value}")
+        return float(value)
+
+
+class Flag(Kind):
+    text = "true or false"
+
+    def convert(self, value, what):
+        if not isinstance(value, bool):
+            raise ArgValueError(f"{what} must be true or false, got {_describe(value)}")
+        return value
+
+
+def arg(kind: Kind, default=dataclasses.MISSING):
+    """Declare a Params field: its DSL kind and default (no default = required)."""
+    return field(default=default, metadata={"kind": kind})
+
+
+def bind(params_class, positional: list, keywords: dict):
+    """Build `params_class` from evaluated call arguments.
+
+    positional: [(value, span)], keywords: {name: (value, span)}. Raises
+    `BindError(message, span_or_None, hint)` for the IR builder to locate.
+    """
+    fields = [f for f in dataclasses.fields(params_class) if "kind" in f.metadata]
+    names = [f.name for f in fields]
+    if len(positional) > len(fields):
+        extra_span = positional[len(fields)][1]
+        takes = ", ".join(names) if names else "no arguments"
+        raise BindError(f"takes at most {len(fields)} argument(s) ({takes}), "
+                        f"got {len(positional)}", extra_span)
+    given = {f.name: positional[i] for i, f in enumerate(fields[: len(positional)])}
+    for name, (value, span) in keywords.items():
+        if name not in names:
+            from cnndsl.errors import did_you_mean
+
+            hint = did_you_mean(name, names) or (
+                f"it takes {', '.join(names)}" if names else "it takes no arguments")
+            raise BindError(f"has no argument '{name}'", span, hint)
+        if name in given:
+            raise BindError(f"argument '{name}' is given twice", span)
+        given[name] = (value, span)
+    values = {}
+    for f in fields:
+        if f.name in given:
+            value, span = given[f.name]
+            try:
+                values[f.name] = f.metadata["kind"].convert(value, f.name)
+            except ArgValueError as error:
+                raise BindError(str(error), span) from None
+        elif f.default is dataclasses.MISSING:
+            raise BindError(f"needs the argument '{f.name}' ({f.metadata['kind'].text})", None)
+    return params_class(**values)
+
+
+class BindError(Exception):
+    def __init__(self, message: str, span=None, hint: str | None = None):
+        super().__init__(message)
+        self.message, self.span, self.hint = message, span, hint

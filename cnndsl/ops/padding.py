@@ -1,0 +1,69 @@
+"""Output sizes and padding per spatial axis (LANGUAGE.md §3, "Padding")."""
+
+from __future__ import annotations
+
+from cnndsl.errors import ShapeMismatch
+
+
+def per_axis(value, rank: int, what: str) -> tuple[int, ...]:
+    """3 -> (3, 3) in 2-D; a tuple must have one entry per spatial axis."""
+    if isinstance(value, tuple):
+        if len(value) != rank:
+            raise ShapeMismatch(f"{what} {fmt(value)} has {len(value)} axes but the input has "
+                                f"{rank} spatial axes",
+                                hint=f"give one number, or {rank} numbers such as "
+                                     f"{'x'.join(['3'] * rank)}")
+        return value
+    return (value,) * rank
+
+
+def fmt(sizes) -> str:
+    return "x".join(str(s) for s in sizes)
+
+
+def resolve(in_sizes, kernel, stride, dilation, pad):
+    """Per axis (out, pad_before, pad_after) for a sliding window; floor mode.
+
+    pad: 'same' (out = ceil(in/stride), extra zero after), 'valid', 'full' (d*(k-1) each
+    side) or a tuple of zeros per side.
+    """
+    result = []
+    for axis, (n, k, s, d) in enumerate(zip(in_sizes, kernel, stride, dilation)):
+        extent = d * (k - 1) + 1
+        if pad == "same":
+            out = -(-n // s)
+            total = max(s * (out - 1) + extent - n, 0)
+            before, after = total // 2, total - total // 2
+        elif pad == "valid":
+            before = after = 0
+        elif pad == "full":
+            before = after = d * (k - 1)
+        else:
+            before = after = pad[axis]
+        if n + before + after < extent:
+            return None
+        out = (n + before + after - extent) // s + 1
+        result.append((out, before, after))
+    return result
+
+
+def window_output(op_what: str, in_sizes, kernel, stride, dilation, pad):
+    """Output spatial sizes, or ShapeMismatch naming the window and padded input."""
+    rank = len(in_sizes)
+    kernel = per_axis(kernel, rank, "kernel")
+    stride = per_axis(stride, rank, "stride")
+    dilation = per_axis(dilation, rank, "dilation")
+    if not isinstance(pad, str):
+        pad = per_axis(pad, rank, "pad")
+    resolved = resolve(in_sizes, kernel, stride, dilation, pad)
+    if resolved is None:
+        extent = [d * (k - 1) + 1 for k, d in zip(kernel, dilation)]
+        padded = [n + (2 * p if isinstance(pad, tuple) else 0) for n, p in
+                  zip(in_sizes, pad if isinstance(pad, tuple) else [0] * rank)]
+        dilated = "" if all(d == 1 for d in dilation) else f" (dilated to {fmt(extent)})"
+        pad_text = pad if isinstance(pad, str) else fmt(pad)
+        raise ShapeMismatch(
+            f"{op_what} {fmt(kernel)}{dilated} is larger than its padded input "
+            f"{fmt(padded)} (pad={pad_text})",
+            hint="use pad=same, a smaller window, or less downsampling before this layer")
+    return tuple(out for out, _, _ in resolved)

@@ -1,0 +1,88 @@
+"""Graph plumbing: the input, Identity, and the two branch merges (concat and sum)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cnndsl.errors import ShapeMismatch
+from cnndsl.ops import Op, register
+from cnndsl.ops.padding import fmt
+
+
+@dataclass(frozen=True)
+class InputParams:
+    shape: tuple[int, ...]
+
+
+@register
+class Input(Op):
+    """The network's input; shape as declared by `input` (spatial..., C)."""
+
+    name = "Input"
+    Params = InputParams
+    arity = 0
+    user_callable = False
+    family = "io"
+
+    @staticmethod
+    def shape(p):
+        return p.shape
+
+    @staticmethod
+    def describe(p):
+        return fmt(p.shape)
+
+
+@register
+class Identity(Op):
+    """y = x."""
+
+    name = "Identity"
+    family = "shape"
+
+    @staticmethod
+    def shape(p, x):
+        return x
+
+
+@register
+class Concat(Op):
+    """`{ A | B }`: concatenate along channels; spatial sizes must agree."""
+
+    name = "Concat"
+    arity = None
+    user_callable = False
+    family = "merge"
+
+    @staticmethod
+    def shape(p, *xs):
+        first = xs[0]
+        for i, x in enumerate(xs[1:], start=2):
+            if len(x) != len(first) or x[:-1] != first[:-1]:
+                raise ShapeMismatch(
+                    "'|' branches must have the same spatial size to concatenate along "
+                    f"channels, but branch 1 gives {fmt(first)} and branch {i} gives {fmt(x)}",
+                    hint="give every branch the same strides and padding (e.g. pad=same)")
+        return (*first[:-1], sum(x[-1] for x in xs))
+
+
+@register
+class Add(Op):
+    """`{ A + B }`: element-wise sum; shapes must be equal."""
+
+    name = "Add"
+    arity = None
+    user_callable = False
+    family = "merge"
+
+    @staticmethod
+    def shape(p, *xs):
+        first = xs[0]
+        for i, x in enumerate(xs[1:], start=2):
+            if x != first:
+                raise ShapeMismatch(
+                    f"'+' branches must have the same shape to be summed, but branch 1 gives "
+                    f"{fmt(first)} and branch {i} gives {fmt(x)}",
+                    hint="match channels and strides, e.g. a 1x1 Conv with the same stride "
+                         "on the shortcut")
+        return first

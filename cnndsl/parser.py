@@ -1,0 +1,265 @@
+"""Text -> AST. Lark does the parsing (grammar/cnn.lark); this module only wires it up.
+
+- `NewlinePostLexer` decides where a statement ends (LANGUAGE.md §1).
+- `AstBuilder` (a Lark Transformer) turns the parse tree into `cnndsl.ast` dataclasses.
+- Lark's exceptions become `ParseError`s with a span and a readable message.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from importlib import resources
+from pathlib import Path
+
+from lark import Lark, Token, Transformer, v_args
+from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedToken, VisitError
+
+from cnndsl import ast
+from cnndsl.errors import CnnDslError, ParseError, Span
+
+OPENERS = {"LPAR": "RPAR", "LSQB": "RSQB", "LBRACE": "RBRACE"}
+CLOSERS = {close: open_ for open_, close in OPENERS.items()}
+BRACKET_TEXT = {"LPAR": "(", "RPAR": ")", "LSQB": "[", "RSQB": "]", "LBRACE": "{", "RBRACE": "}"}
+
+
+def grammar_text() -> str:
+    """The grammar, from the installed package or from the source checkout."""
+    packaged = resources.files("cnndsl").joinpath("grammar/cnn.lark")
+    if packaged.is_file():
+        return packaged.read_text(encoding="utf-8")
+    checkout = Path(__file__).resolve().parent.parent / "grammar" / "cnn.lark"
+    return checkout.read_text(encoding="utf-8")
+
+
+class NewlinePostLexer:
+    """Drop newlines inside brackets and next to arrows; one _NL between statements.
+
+    Buffers a newline until it sees the next token (an arrow there continues the
+    statement), which is why the parser uses Lark's basic lexer.
+    Also reports unbalanced brackets at the bracket itself, not at the end of file.
+    """
+
+    always_accept = ("_NL",)
+
+    def process(self, stream):
+        open_stack: list[Token] = []
+        pending_newline: Token | None = None
+        previous_type: str | None = None
+        for token in stream:
+            kind = token.type
+            if kind == "_NL":
+                if not open_stack and previous_type not in (None, "ARROW"):
+                    pending_newline = pending_newline or token
+                continue
+            if pending_newline is not None:
+                if kind != "ARROW":
+                    yield pending_newline
+                pending_newline = None
+            if kind in OPENERS:
+                open_stack.append(token)
+            elif kind in CLOSERS:
+                _check_closer(open_stack, token)
+                open_stack.pop()
+            yield token
+            previous_type = kind
+        if open_stack:
+            opener = open_stack[-1]
+            closer = BRACKET_TEXT[OPENERS[opener.type]]
+            raise ParseError(f"'{opener.value}' is never closed", _token_span(opener),
+                             hint=f"add the matching '{closer}'")
+
+
+def _check_closer(open_stack: list[Token], token: Token) -> None:
+    if not open_stack:
+        raise ParseError(f"unmatched '{token.value}'", _token_span(token),
+                         hint="remove it, or add the opening bracket it closes")
+    opener = open_stack[-1]
+    if OPENERS[opener.type] != token.type:
+        expected = BRACKET_TEXT[OPENERS[opener.type]]
+        raise ParseError(
+            f"'{token.value}' does not close '{opener.value}' opened at {opener.line}:"
+            f"{opener.column}", _token_span(token), hint=f"close it with '{expected}' first")
+
+
+def _token_span(token: Token) -> Span:
+    return Span(token.line, token.column, token.end_line, token.end_column)
+
+
+def _span(meta) -> Span:
+    return Span(meta.line, meta.column, meta.end_line, meta.end_column)
+
+
+@v_args(meta=True)
+class AstBuilder(Transformer):
+    """Parse tree -> AST dataclasses. Builds, never evaluates or validates."""
+
+    def start(self, meta, children):
+        return ast.Program(tuple(c for c in children if c is not None))
+
+    def network_stmt(self, meta, children):
+        return ast.NetworkStmt(str(children[0]), _span(meta))
+
+    def input_stmt(self, meta, children):
+        return ast.InputStmt(children[0], _span(meta))
+
+    def let_stmt(self, meta, children):
+        return ast.LetStmt(tuple(children), _span(meta))
+
+    def binding(self, meta, children):
+        name, value = children
+        return ast.Binding(str(name), value, _span(meta))
+
+    def def_stmt(self, meta, children):
+        name, *rest = children
+        params = rest[0] if len(rest) == 2 else None
+        return ast.DefStmt(str(name), params, rest[-1], _span(meta), _token_span(name))
+
+    def def_params(self, meta, children):
+        return tuple(str(c) for c in children if c is not None)
+
+    def body_stmt(self, meta, children):
+        return ast.BodyStmt(children[0], _span(meta))
+
+    def chain(self, meta, children):
+        items = tuple(c for c in children if not isinstance(c, Token))
+        return ast.Chain(items, _span(meta))
+
+    def repeat(self, meta, children):
+        body, _star, count = children
+        return ast.Repeat(body, count, _span(meta))
+
+    def group(self, meta, children):
+        return ast.Group(children[0], _span(meta))
+
+    def branches(self, meta, children):
+        chains = tuple(c for c in children if isinstance(c, ast.Chain))
+        ops = tuple(c for c in children if isinstance(c, tuple))
+        return ast.Branches(chains, ops, _span(meta))
+
+    def branch_op(self, meta, children):
+        return (str(children[0]), _token_span(children[0]))
+
+    def bare_call(self, meta, children):
+        name = children[0]
+        return ast.Call(str(name), (), False, _span(meta), _token_span(name))
+
+    def arg_call(self, meta, children):
+        name, args = children
+        return ast.Call(str(name), args or (), True, _span(meta), _token_span(name))
+
+    def labeled(self, meta, children):
+        label, call = children
+        return ast.Call(call.name, call.args, call.has_parens, _span(meta), call.name_span,
+                        label=str(label), label_span=_token_span(label))
+
+    def args(self, meta, children):
+        return tuple(c for c in children if c is not None)
+
+    def pos_arg(self, meta, children):
+        return ast.Arg(None, children[0], _span(meta))
+
+    def kw_arg(self, meta, children):
+        name, value = children
+        return ast.Arg(str(name), value, _span(meta))
+
+    def binop(self, meta, children):
+        left, op, right = children
+        symbol = {"×": "*"}.get(str(op), str(op))
+        return ast.BinOp(symbol, left, right, _span(meta), _token_span(op))
+
+    def neg(self, meta, children):
+        return ast.Neg(children[1], _span(meta))
+
+    def int_lit(self, meta, children):
+        return ast.Num(int(children[0]), _token_span(children[0]))
+
+    def float_lit(self, meta, children):
+        return ast.Num(float(children[0]), _token_span(children[0]))
+
+    def dims_lit(self, meta, children):
+        values = tuple(int(v) for v in re.split(r"[ \t]*[x×][ \t]*", str(children[0])))
+        return ast.Dims(values, _token_span(children[0]))
+
+    def name_ref(self, meta, children):
+        return ast.Name(str(children[0]), _token_span(children[0]))
+
+    def tuple_lit(self, meta, children):
+        return ast.TupleExpr(tuple(c for c in children if c is not None), _span(meta))
+
+
+@functools.cache
+def _lark() -> Lark:
+    return Lark(grammar_text(), parser="lalr", lexer="basic", postlex=NewlinePostLexer(),
+                propagate_positions=True, maybe_placeholders=True, cache=True)
+
+
+def parse(text: str) -> ast.Program:
+    """Parse .cnn source text into an `ast.Program`; raises ParseError with a span."""
+    try:
+        tree = _lark().parse(text)
+        return AstBuilder().transform(tree)
+    except VisitError as error:  # an exception inside the Transformer
+        if isinstance(error.orig_exc, CnnDslError):
+            raise error.orig_exc from None
+        raise
+    except UnexpectedCharacters as error:
+        raise _unexpected_character(text, error) from None
+    except UnexpectedEOF as error:
+        raise _unexpected_end(text, error.expected) from None
+    except UnexpectedToken as error:
+        if error.token.type == "$END":
+            raise _unexpected_end(text, error.expected) from None
+        raise _unexpected_token(error) from None
+
+
+# ---- readable syntax errors ---------------------------------------------------
+
+TOKEN_WORDS = {
+    "ARROW": "'->'", "STAR": "'*'", "PLUS": "'+'", "MINUS": "'-'", "BAR": "'|'",
+    "FLOORDIV": "'//'", "POW": "'^'", "NAME": "a name", "INT": "a number",
+    "FLOAT": "a number", "DIMS": "a size such as 3x3", "_NL": "end of line",
+    "LPAR": "'('", "RPAR": "')'", "LSQB": "'['", "RSQB": "']'", "LBRACE": "'{'",
+    "RBRACE": "'}'", "COMMA": "','", "COLON": "':'", "EQUAL": "'='", "$END": "end of file",
+}
+
+
+def _describe_expected(expected) -> str:
+    words = sorted({TOKEN_WORDS.get(name, f"'{name.lower()}'") for name in expected})
+    if len(words) > 6:
+        words = words[:6] + ["..."]
+    return ", ".join(words)
+
+
+def _unexpected_character(text: str, error: UnexpectedCharacters) -> ParseError:
+    char = text[error.pos_in_stream] if error.pos_in_stream < len(text) else "?"
+    hints = {
+        "/": "integer division is written '//'",
+        ";": "statements end at the end of a line; no ';' is needed",
+        ".": "write numbers as 3 or 0.5; sizes as 3x3",
+        "=": "bindings are written 'let k = 2'",
+    }
+    shown = char if char.isprintable() else repr(char)
+    return ParseError(f"unexpected character '{shown}'", Span.at(error.line, error.column),
+                      hint=hints.get(char))
+
+
+def _unexpected_token(error: UnexpectedToken) -> ParseError:
+    token = error.token
+    shown = "end of line" if token.type == "_NL" else f"'{token.value}'"
+    message = f"unexpected {shown}; expected {_describe_expected(error.expected)}"
+    hint = None
+    if "ARROW" in error.expected and token.type in ("NAME", "LPAR", "LSQB", "LBRACE"):
+        hint = "join the layers of a chain with '->' (or '→')"
+    elif token.type == "_NL" and "ARROW" in error.expected:
+        hint = "a line that ends here must be a whole statement; continue it with '->'"
+    elif token.type in ("PLUS", "BAR") and "RBRACE" not in error.expected:
+        hint = "'|' and '+' separate branches inside braces: { A | B } or { A + B }"
+    return ParseError(message, _token_span(token), hint=hint)
+
+
+def _unexpected_end(text: str, expected) -> ParseError:
+    lines = text.splitlines() or [""]
+    line = len(lines)
+    span = Span.at(line, len(lines[-1]) + 1)
+    return ParseError(f"unexpected end of file; expected {_describe_expected(expected)}", span)

@@ -1,0 +1,37 @@
+"""Reading a .cnn file: text or a located error, never a traceback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from cnndsl.errors import CnnDslError, Span
+
+
+class FileError(CnnDslError):
+    """The file cannot be read, or is not text."""
+
+
+def read_source(path: str) -> str:
+    try:
+        data = Path(path).read_bytes()
+    except IsADirectoryError:
+        raise FileError(f"cannot read '{path}': it is a directory") from None
+    except OSError as error:
+        raise FileError(f"cannot read '{path}': {error.strerror or error}") from None
+    if b"\0" in data:
+        raise FileError("this is not a text file (it contains NUL bytes)",
+                        _span_at(data, data.index(b"\0")),
+                        hint="cnndsl reads .cnn network descriptions written as UTF-8 text")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise FileError(f"this is not UTF-8 text (byte 0x{data[error.start]:02x})",
+                        _span_at(data, error.start),
+                        hint="save the file as UTF-8") from None
+    return text.removeprefix("\ufeff")
+
+
+def _span_at(data: bytes, offset: int) -> Span:
+    line = data.count(b"\n", 0, offset) + 1
+    col = offset - (data.rfind(b"\n", 0, offset) + 1) + 1
+    return Span.at(line, col)
