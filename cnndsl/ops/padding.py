@@ -53,6 +53,7 @@ def window_output(op_what: str, in_sizes, kernel, stride, dilation, pad):
     kernel = per_axis(kernel, rank, "kernel")
     stride = per_axis(stride, rank, "stride")
     dilation = per_axis(dilation, rank, "dilation")
+    pad_text = pad if isinstance(pad, str) else fmt(pad) if isinstance(pad, tuple) else str(pad)
     if not isinstance(pad, str):
         pad = per_axis(pad, rank, "pad")
     resolved = resolve(in_sizes, kernel, stride, dilation, pad)
@@ -61,7 +62,6 @@ def window_output(op_what: str, in_sizes, kernel, stride, dilation, pad):
         padded = [n + (2 * p if isinstance(pad, tuple) else 0) for n, p in
                   zip(in_sizes, pad if isinstance(pad, tuple) else [0] * rank)]
         dilated = "" if all(d == 1 for d in dilation) else f" (dilated to {fmt(extent)})"
-        pad_text = pad if isinstance(pad, str) else fmt(pad)
         raise ShapeMismatch(
             f"{op_what} {fmt(kernel)}{dilated} is larger than its padded input "
             f"{fmt(padded)} (pad={pad_text})",

@@ -1,0 +1,66 @@
+"""`cnndsl check` as a user runs it."""
+
+import json
+import subprocess
+import sys
+
+from cnndsl.cli import main
+
+from conftest import EXAMPLES, ROOT
+
+
+def test_table_lists_every_layer_with_totals(capsys):
+    assert main(["check", str(EXAMPLES / "mnist_pytorch.cnn")]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert lines[0].startswith("network MnistNet: input 28x28x1 -> output 10")
+    header = next(line for line in lines if line.startswith("layer"))
+    assert header.split() == ["layer", "op", "output", "shape", "params", "MACs"]
+    conv1 = next(line for line in lines if line.startswith("conv1 "))
+    assert conv1.split() == ["conv1", "Conv(10,", "5x5,", "pad=valid)", "24x24x10", "260",
+                             "149,760"]  # 260 x 24*24
+    assert "total params: 21,840" in out
+
+
+def test_bare_layers_show_their_defaults(capsys):
+    assert main(["check", str(EXAMPLES / "lecture.cnn")]) == 0
+    out = capsys.readouterr().out
+    assert ("note: bare Conv (first: conv1) means Conv(filters=32, kernel=3, stride=1, "
+            "pad=same, dilation=1, groups=1, bias=true)") in out
+    assert "note: bare FC (first: fc1) means FC(units=128, bias=true)" in out
+
+
+def test_json_alone_on_stdout_and_warnings_on_stderr(capsys):
+    assert main(["check", "--json", "--set", "unused=3", str(EXAMPLES / "lecture.cnn")]) == 0
+    captured = capsys.readouterr()
+    data = json.loads(captured.out)
+    assert data["name"] == "Lecture" and data["input"] == [28, 28, 1]
+    assert "--set unused=3 is not used" in captured.err
+
+
+def test_set_overrides_let(capsys):
+    main(["check", "--json", str(EXAMPLES / "lecture.cnn")])
+    before = json.loads(capsys.readouterr().out)
+    main(["check", "--json", "--set", "k=3", "--set", "m=1", str(EXAMPLES / "lecture.cnn")])
+    after = json.loads(capsys.readouterr().out)
+    count = lambda data, op: sum(layer["op"] == op for layer in data["layers"])  # noqa: E731
+    assert count(before, "Conv") == 4 and count(after, "Conv") == 3
+    assert count(after, "MaxPool") == 1
+
+
+def test_dump_ir_shows_nodes(capsys):
+    assert main(["check", "--dump-ir", str(EXAMPLES / "resnet18.cnn")]) == 0
+    out = capsys.readouterr().out
+    assert "add1: Add" in out and "inputs=['identity1', 'batchnorm3']" in out
+
+
+def test_command_line_entry_point_and_no_numba():
+    code = ("import sys; from cnndsl.cli import main; rc = main(['check', "
+            f"{str(EXAMPLES / 'resnet18.cnn')!r}]); "
+            "print('numba' in sys.modules, rc, file=sys.stderr)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            cwd=ROOT)
+    assert result.stderr.strip() == "False 0"
+    module = subprocess.run([sys.executable, "-m", "cnndsl", "check", "--json",
+                             str(EXAMPLES / "lenet5.cnn")], capture_output=True, text=True)
+    assert module.returncode == 0 and json.loads(module.stdout)["params"] == 61_706
