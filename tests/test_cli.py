@@ -64,3 +64,19 @@ def test_command_line_entry_point_and_no_numba():
     module = subprocess.run([sys.executable, "-m", "cnndsl", "check", "--json",
                              str(EXAMPLES / "lenet5.cnn")], capture_output=True, text=True)
     assert module.returncode == 0 and json.loads(module.stdout)["params"] == 61_706
+
+
+def test_installed_package_ships_the_grammar():
+    """A non-editable install must carry grammar/cnn.lark inside the package."""
+    import importlib.metadata
+
+    import pytest
+
+    try:
+        files = importlib.metadata.files("cnndsl") or []
+    except importlib.metadata.PackageNotFoundError:
+        pytest.skip("cnndsl is not installed")
+    names = [str(f) for f in files]
+    if not any(name.startswith("cnndsl/") and name.endswith(".py") for name in names):
+        pytest.skip("editable install: the grammar is read from the checkout")
+    assert "cnndsl/grammar/cnn.lark" in names
