@@ -41,15 +41,15 @@ def main() -> None:
             path = Path(tmp) / "net.cnn"
             path.write_text(text)
             graph = cnndsl.check_text(text)
-            front = median_time(lambda: cnndsl.check_text(text))
+            front = median_time(lambda text=text: cnndsl.check_text(text))
             command = [sys.executable, "-m", "cnndsl", "check", str(path)]
-            whole = median_time(lambda: subprocess.run(command, check=True,
+            whole = median_time(lambda command=command: subprocess.run(command, check=True,
                                                        stdout=subprocess.DEVNULL))
             print(f"{name:14} {graph.number_of_nodes() - 1:7,} {front:14.3f} {whole:17.3f}")
-    out = subprocess.run([sys.executable, "-c", "import sys, cnndsl.cli as c; "
-                          "c.main(['check', 'examples/lenet5.cnn']); "
-                          "print('numba imported:', 'numba' in sys.modules, file=sys.stderr)"],
-                         cwd=ROOT, capture_output=True, text=True)
+    probe = ("import sys, cnndsl.cli as c; c.main(['check', 'examples/lenet5.cnn']); "
+             "print('numba imported:', 'numba' in sys.modules, file=sys.stderr)")
+    out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True,
+                         text=True, check=True)
     print(out.stderr.strip())
 
 

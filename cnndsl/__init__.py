@@ -21,5 +21,13 @@ def check_file(path: str, **bindings):
     return check_text(read_source(path), bindings)
 
 
-__all__ = ["CnnDslError", "ShapeError", "build_ir", "check_file", "check_text",
-           "infer_shapes", "parse", "__version__"]
+__all__ = [
+    "CnnDslError",
+    "ShapeError",
+    "__version__",
+    "build_ir",
+    "check_file",
+    "check_text",
+    "infer_shapes",
+    "parse",
+]

@@ -22,8 +22,15 @@ from dataclasses import dataclass
 import networkx as nx
 
 from cnndsl import ast
-from cnndsl.errors import (ArgumentError, BindingError, CnnDslError, GraphError, Span,
-                           UnknownOpError, did_you_mean)
+from cnndsl.errors import (
+    ArgumentError,
+    BindingError,
+    CnnDslError,
+    GraphError,
+    Span,
+    UnknownOpError,
+    did_you_mean,
+)
 from cnndsl.evaluate import RESERVED, Env, evaluate
 from cnndsl.ops import OPS, user_op_names
 from cnndsl.ops.args import BindError, bind
@@ -295,9 +302,9 @@ class _Builder:
             raise GraphError(f"the network expands to more than {MAX_LAYERS:,} layers", span,
                              hint="check the repetition counts")
         node_id = len(self.nodes)
-        self.nodes.append((node_id, dict(op=op, params=params, inputs=list(inputs), span=span,
-                                         label=label, label_span=label_span, scopes=scopes,
-                                         written=written)))
+        attrs = {"op": op, "params": params, "inputs": list(inputs), "span": span,
+                 "label": label, "label_span": label_span, "scopes": scopes, "written": written}
+        self.nodes.append((node_id, attrs))
         return node_id
 
     def _finish(self, last: int) -> nx.DiGraph:

@@ -75,12 +75,13 @@ def format_table(graph: nx.DiGraph) -> str:
 
 
 def bare_call_notes(graph: nx.DiGraph) -> list[str]:
-    """Say which defaults a bare `Conv` / `FC` took (once per layer kind)."""
+    """Say which defaults a bare `Conv`, `FC` or `Pool` took (once per spelling)."""
     notes, seen = [], []
     for name, node in graph.nodes(data=True):
         params = node["params"]
         fields = dataclasses.fields(params)
-        if node.get("bare") and fields and node["written"] not in seen:
+        explain = OPS[node["op"]].explain_bare
+        if node.get("bare") and explain and node["written"] not in seen:
             seen.append(node["written"])
             values = ", ".join(f"{f.name}={_value(getattr(params, f.name))}" for f in fields)
             notes.append(f"note: bare {node['written']} (first: {name}) means "

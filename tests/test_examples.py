@@ -3,12 +3,11 @@
 import json
 
 import pytest
+from conftest import EXAMPLES
 
 import cnndsl
 from cnndsl.cli import main
 from cnndsl.shapes import totals
-
-from conftest import EXAMPLES
 
 # published parameter counts (PyTorch / torchvision / Keras-trainable), output shapes
 PUBLISHED = {

@@ -175,8 +175,8 @@ def test_local_conv_has_one_weight_per_position():
 
 
 # ---- property-based: the rules hold for any size, kernel, stride, dilation, padding ----
-from hypothesis import given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 
 @settings(max_examples=150, deadline=None)

@@ -35,6 +35,8 @@ class Op:
     arity: int | None = 1
     #: False for ops the IR inserts itself (Input, Concat, Add)
     user_callable = True
+    #: `cnndsl check` says which defaults a bare use (`Conv`, no arguments) took
+    explain_bare = False
     #: family, for diagram colours: conv, pool, dense, activation, norm, merge, io, shape
     family = "other"
 
@@ -91,4 +93,4 @@ def fmt_size(value) -> str:
 
 
 # import every op module so that registration happens on `import cnndsl.ops`
-from cnndsl.ops import activations, conv, dense, normalization, pool, structure  # noqa: E402,F401
+from cnndsl.ops import activations, conv, dense, normalization, pool, structure  # noqa: F401

@@ -54,6 +54,7 @@ class Conv(Op):
     """Convolution. x: spatial x C -> y: spatial' x F (bare `Conv` = Conv(32, 3, pad=same))."""
 
     name = "Conv"
+    explain_bare = True
     Params = ConvParams
     family = "conv"
 

@@ -35,6 +35,7 @@ class FC(Op):
     """
 
     name = "FC"
+    explain_bare = True
     aliases = ("Dense",)
     Params = FCParams
     family = "dense"

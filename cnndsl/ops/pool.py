@@ -28,7 +28,7 @@ class WindowPool(Op):
         sizes, channels = spatial(x, "pooling")
         rank = len(sizes)
         window = per_axis(p.size, rank, "size")
-        if isinstance(p.pad, tuple) or isinstance(p.pad, int):
+        if isinstance(p.pad, (tuple, int)):
             pad = per_axis(p.pad, rank, "pad")
             if any(q > k // 2 for q, k in zip(pad, window)):
                 raise ShapeMismatch(
@@ -51,6 +51,7 @@ class WindowPool(Op):
 @register
 class MaxPool(WindowPool):
     name = "MaxPool"
+    explain_bare = True
     aliases = ("Pool",)
 
 
