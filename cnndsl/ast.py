@@ -143,6 +143,7 @@ class DefStmt:
     body: Chain
     span: Span
     name_span: Span
+    param_spans: tuple[Span, ...] = ()
 
 
 @dataclass(frozen=True)

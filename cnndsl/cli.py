@@ -96,7 +96,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.run(args, context)
     except CnnDslError as error:
-        text = _source_for(context.get("path"))
+        from cnndsl.source import FileError
+
+        text = None if isinstance(error, FileError) else _source_for(context.get("path"))
         print(error.format(text, context.get("path") or "<input>"), file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -31,11 +31,22 @@ class Env:
             return self.values[name.id]
         if name.id in RESERVED:
             return RESERVED[name.id]
-        known = [n for n in self.values if not n.startswith("_")]
+        known = [*self.values, *RESERVED]
         hint = did_you_mean(name.id, known) or (
             f"bind it with 'let {name.id} = ...' or on the command line with "
             f"--set {name.id}=...")
         raise BindingError(f"unbound name '{name.id}'", name.span, hint=hint)
+
+
+def show(value) -> str:
+    """A value as the DSL spells it: true, 3x3, 0.5."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, tuple):
+        return "x".join(str(v) for v in value)
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
 
 
 def evaluate(expr: ast.Expr, env: Env):
@@ -58,8 +69,7 @@ def evaluate(expr: ast.Expr, env: Env):
 
 def _number(value, expr, what: str):
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        shown = "x".join(map(str, value)) if isinstance(value, tuple) else str(value).lower()
-        raise CnnDslError(f"{what} needs a number, got {shown}", expr.span)
+        raise CnnDslError(f"{what} needs a number, got {show(value)}", expr.span)
     return value
 
 
@@ -82,5 +92,11 @@ def _arithmetic(expr: ast.BinOp, left, right):
             raise CnnDslError("a negative power is not a whole number", expr.right.span)
         if abs(right) > 64:
             raise CnnDslError(f"power {right} is too large", expr.right.span)
-        return left**right
+        try:
+            result = left**right
+        except ZeroDivisionError:
+            raise CnnDslError("zero to a negative power", expr.span) from None
+        if isinstance(result, complex):
+            raise CnnDslError("a negative number to a fractional power", expr.span)
+        return result
     raise AssertionError(f"unknown operator {op}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import networkx as nx
 
+from cnndsl.errors import GraphError
 from cnndsl.ir import build_ir
 from cnndsl.parser import parse
 from cnndsl.shapes import infer_shapes
@@ -11,4 +12,11 @@ from cnndsl.shapes import infer_shapes
 
 def check_text(text: str, bindings: dict | None = None) -> nx.DiGraph:
     """Parse, expand and shape-check `.cnn` source; raises CnnDslError on a user error."""
-    return infer_shapes(build_ir(parse(text), bindings))
+    try:
+        return infer_shapes(build_ir(parse(text), bindings, text))
+    except RecursionError:
+        # brackets are capped by the parser; this catches e.g. `X * 1 * 1 * ...` 500 deep
+        raise GraphError("the file nests too deeply to expand (repetitions, macros or "
+                         "expressions inside each other)",
+                         hint="use one repetition count instead of many nested ones"
+                         ) from None

@@ -31,10 +31,11 @@ from cnndsl.errors import (
     UnknownOpError,
     did_you_mean,
 )
-from cnndsl.evaluate import RESERVED, Env, evaluate
+from cnndsl.evaluate import RESERVED, Env, evaluate, show
 from cnndsl.ops import OPS, user_op_names
 from cnndsl.ops.args import BindError, bind
 from cnndsl.ops.structure import InputParams
+from cnndsl.parser import end_of_text
 
 MAX_LAYERS = 100_000
 
@@ -62,14 +63,17 @@ class _Statements:
     body: ast.BodyStmt | None = None
 
 
-def build_ir(program: ast.Program, bindings: dict | None = None) -> nx.DiGraph:
-    """Expand `program` into the layer graph. `bindings` override `let` (and may add names)."""
-    return _Builder(program, dict(bindings or {})).build()
+def build_ir(program: ast.Program, bindings: dict | None = None,
+             text: str | None = None) -> nx.DiGraph:
+    """Expand `program` into the layer graph. `bindings` override `let` (and may add names);
+    `text`, the source, lets file-level errors point at its end."""
+    return _Builder(program, dict(bindings or {}), text).build()
 
 
 class _Builder:
-    def __init__(self, program: ast.Program, overrides: dict):
+    def __init__(self, program: ast.Program, overrides: dict, text: str | None):
         self.program = program
+        self.text = text
         self.overrides = overrides
         self.defs: dict[str, ast.DefStmt] = {}
         self.nodes: list[tuple[int, dict]] = []
@@ -80,9 +84,11 @@ class _Builder:
     # ---- statements ------------------------------------------------------------
     def build(self) -> nx.DiGraph:
         statements = self._collect()
+        for definition in self.defs.values():
+            self._check_layer_names(definition.body)  # also in macros never called
         env = self._bind_lets()
         if statements.body is None:
-            span = Span.at(1, 1)
+            span = end_of_text(self.text) if self.text is not None else Span.at(1, 1)
             raise GraphError("the file has no network: no chain of layers was found", span,
                              hint="write the layers as one chain, e.g. "
                                   "Conv(32, 3x3) -> ReLU -> MaxPool(2) -> FC(10)")
@@ -132,10 +138,36 @@ class _Builder:
                                statement.name_span, hint="choose another name for the macro")
         params = statement.params or ()
         for i, name in enumerate(params):
-            if name in params[:i] or name in RESERVED:
-                raise BindingError(f"bad parameter name '{name}' in macro '{statement.name}'",
-                                   statement.span)
+            if name in params[:i]:
+                raise BindingError(f"macro '{statement.name}' has two parameters named '{name}'",
+                                   statement.param_spans[i])
+            if name in RESERVED:
+                raise BindingError(f"'{name}' is a reserved word and cannot name a parameter",
+                                   statement.param_spans[i])
         self.defs[statement.name] = statement
+
+    def _check_layer_names(self, node) -> None:
+        if isinstance(node, ast.Chain):
+            for item in node.items:
+                self._check_layer_names(item)
+        elif isinstance(node, ast.Group):
+            self._check_layer_names(node.chain)
+        elif isinstance(node, ast.Repeat):
+            self._check_layer_names(node.body)
+        elif isinstance(node, ast.Branches):
+            for branch in node.branches:
+                self._check_layer_names(branch)
+        elif node.name not in self.defs:
+            self._op_for(node)
+
+    def _op_for(self, call: ast.Call):
+        op = OPS.get(call.name)
+        if op is None or not op.user_callable:
+            raise UnknownOpError(
+                f"unknown layer '{call.name}'", call.name_span,
+                hint=did_you_mean(call.name, user_op_names() + list(self.defs))
+                or "see LANGUAGE.md §3 for the layers, or define a macro with 'def'")
+        return op
 
     def _bind_lets(self) -> Env:
         env = Env(dict(self.overrides))
@@ -145,7 +177,9 @@ class _Builder:
                 continue
             for binding in statement.bindings:
                 if binding.name in RESERVED:
-                    raise BindingError(f"'{binding.name}' is a reserved word", binding.span)
+                    raise BindingError(f"'{binding.name}' is a reserved word", Span.at(
+                        binding.span.line, binding.span.col, len(binding.name)),
+                        hint="true, false, same, valid and full are values, not names")
                 if binding.name in defined:
                     raise BindingError(f"'{binding.name}' is bound twice", binding.span
                                        ).with_note("first bound here", defined[binding.name])
@@ -195,7 +229,7 @@ class _Builder:
                 product *= c
             count = product
         if isinstance(count, bool) or not isinstance(count, int):
-            raise CnnDslError(f"a repetition count must be a whole number, got {count}",
+            raise CnnDslError(f"a repetition count must be a whole number, got {show(count)}",
                               item.count.span)
         if count < 1:
             raise CnnDslError(f"repetition count {count} is below 1", item.count.span,
@@ -225,11 +259,11 @@ class _Builder:
                                hint="macros cannot be recursive; use a repetition '* n'")
         params = definition.params or ()
         values = self._macro_args(call, definition, params, env)
-        shown = ", ".join(_show(values[p]) for p in params)
+        shown = ", ".join(show(values[p]) for p in params)
         label = f"{call.name}({shown})" if params else call.name
         self.counters["macro"] += 1
-        scope = Scope(f"call{self.counters['macro']}", "macro", call.label or label, 0, 1,
-                      call.span)
+        shown_label = f"{call.label}: {label}" if call.label else label
+        scope = Scope(f"call{self.counters['macro']}", "macro", shown_label, 0, 1, call.span)
         # a macro body sees the `let` bindings and its own parameters (lexical scope)
         body_env = Env(dict(self.globals), env.used).child(values)
         self.macro_stack.append(call.name)
@@ -254,7 +288,9 @@ class _Builder:
         for a in keywords:
             if a.name not in params:
                 raise ArgumentError(f"macro {signature} has no parameter '{a.name}'", a.span,
-                                    hint=did_you_mean(a.name, params))
+                                    hint=did_you_mean(a.name, params) or (
+                                        f"its parameters are {', '.join(params)}" if params
+                                        else "it takes no parameters"))
             if a.name in values:
                 raise ArgumentError(f"parameter '{a.name}' is given twice", a.span)
             values[a.name] = evaluate(a.value, env)
@@ -266,19 +302,14 @@ class _Builder:
         return values
 
     def _layer(self, call: ast.Call, env: Env, scopes: tuple, tail: int) -> int:
-        op = OPS.get(call.name)
-        if op is None or not op.user_callable:
-            raise UnknownOpError(
-                f"unknown layer '{call.name}'", call.name_span,
-                hint=did_you_mean(call.name, user_op_names() + list(self.defs))
-                or "see LANGUAGE.md §3 for the layers, or define a macro with 'def'")
+        op = self._op_for(call)
         positional = [(evaluate(a.value, env), a.span) for a in call.args if a.name is None]
         keywords = {}
         for a in call.args:
             if a.name is None:
                 continue
             if a.name in keywords:
-                raise ArgumentError(f"argument '{a.name}' is given twice", a.span)
+                raise ArgumentError(f"{call.name}: argument '{a.name}' is given twice", a.span)
             keywords[a.name] = (evaluate(a.value, env), a.span)
         seen_keyword = False
         for a in call.args:
@@ -353,10 +384,3 @@ def _assign_names(nodes) -> dict[int, str]:
         taken.add(candidate)
     return names
 
-
-def _show(value) -> str:
-    if isinstance(value, tuple):
-        return "x".join(str(v) for v in value)
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return f"{value:g}" if isinstance(value, float) else str(value)

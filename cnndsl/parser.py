@@ -20,6 +20,7 @@ from cnndsl.errors import CnnDslError, ParseError, Span
 
 OPENERS = {"LPAR": "RPAR", "LSQB": "RSQB", "LBRACE": "RBRACE"}
 CLOSERS = {close: open_ for open_, close in OPENERS.items()}
+MAX_NESTING = 100  # deeper nesting would exhaust Python's recursion in the tree passes
 BRACKET_TEXT = {"LPAR": "(", "RPAR": ")", "LSQB": "[", "RSQB": "]", "LBRACE": "{", "RBRACE": "}"}
 
 
@@ -42,8 +43,13 @@ class NewlinePostLexer:
 
     always_accept = ("_NL",)
 
+    def __init__(self):
+        # the brackets open at the token being parsed: syntax errors use it to leave
+        # closers that cannot occur out of "expected ..."
+        self.open_stack: list[Token] = []
+
     def process(self, stream):
-        open_stack: list[Token] = []
+        open_stack = self.open_stack = []
         pending_newline: Token | None = None
         previous_type: str | None = None
         for token in stream:
@@ -58,6 +64,10 @@ class NewlinePostLexer:
                 pending_newline = None
             if kind in OPENERS:
                 open_stack.append(token)
+                if len(open_stack) > MAX_NESTING:
+                    raise ParseError(f"brackets are nested more than {MAX_NESTING} deep",
+                                     _token_span(token), hint="use a macro ('def') or a "
+                                     "repetition ('* n') instead of deep nesting")
             elif kind in CLOSERS:
                 _check_closer(open_stack, token)
                 open_stack.pop()
@@ -112,11 +122,13 @@ class AstBuilder(Transformer):
 
     def def_stmt(self, meta, children):
         name, *rest = children
-        params = rest[0] if len(rest) == 2 else None
-        return ast.DefStmt(str(name), params, rest[-1], _span(meta), _token_span(name))
+        tokens = rest[0] if len(rest) == 2 else None
+        params = tuple(str(t) for t in tokens) if tokens is not None else None
+        spans = tuple(_token_span(t) for t in tokens) if tokens is not None else ()
+        return ast.DefStmt(str(name), params, rest[-1], _span(meta), _token_span(name), spans)
 
     def def_params(self, meta, children):
-        return tuple(str(c) for c in children if c is not None)
+        return tuple(c for c in children if c is not None)
 
     def body_stmt(self, meta, children):
         return ast.BodyStmt(children[0], _span(meta))
@@ -210,7 +222,7 @@ def parse(text: str) -> ast.Program:
     except UnexpectedToken as error:
         if error.token.type == "$END":
             raise _unexpected_end(text, error.expected) from None
-        raise _unexpected_token(error) from None
+        raise _unexpected_token(text, error) from None
 
 
 # ---- readable syntax errors ---------------------------------------------------
@@ -244,22 +256,50 @@ def _unexpected_character(text: str, error: UnexpectedCharacters) -> ParseError:
                       hint=hints.get(char))
 
 
-def _unexpected_token(error: UnexpectedToken) -> ParseError:
+def _possible(expected, open_stack) -> list[str]:
+    """Lark's expected terminals, without closing brackets that no open bracket needs."""
+    closer = OPENERS[open_stack[-1].type] if open_stack else None
+    return [name for name in expected if name not in CLOSERS or name == closer]
+
+
+def _unexpected_token(text: str, error: UnexpectedToken) -> ParseError:
     token = error.token
+    open_stack = _lark().options.postlex.open_stack
+    expected = _possible(error.expected, open_stack)
+    line_text = text.splitlines()[token.line - 1] if token.line else ""
+    starts_line = not line_text[: token.column - 1].strip()
     shown = "end of line" if token.type == "_NL" else f"'{token.value}'"
-    message = f"unexpected {shown}; expected {_describe_expected(error.expected)}"
+    message = f"unexpected {shown}; expected {_describe_expected(expected)}"
     hint = None
-    if "ARROW" in error.expected and token.type in ("NAME", "LPAR", "LSQB", "LBRACE"):
+    if token.type == "NAME" and token.value in ("x", "X") and "ARROW" not in expected:
+        hint = "'x' joins literal numbers only (28x28x1); write sizes with names as a tuple, " \
+               "e.g. (k, k, 1)"
+    elif "ARROW" in expected and token.type in ("NAME", "LPAR", "LSQB", "LBRACE"):
         hint = "join the layers of a chain with '->' (or '→')"
-    elif token.type == "_NL" and "ARROW" in error.expected:
+    elif token.type == "ARROW" and open_stack and open_stack[-1].type == "LPAR":
+        hint = f"close the '(' opened at {open_stack[-1].line}:{open_stack[-1].column} first"
+    elif token.type == "ARROW" and starts_line:
+        hint = "a line that begins with '->' continues the line before it; a chain starts " \
+               "with a layer"
+    elif token.type == "_NL" and "ARROW" in expected:
         hint = "a line that ends here must be a whole statement; continue it with '->'"
-    elif token.type in ("PLUS", "BAR") and "RBRACE" not in error.expected:
+    elif token.type == "RBRACE" and ("BAR" in expected or "PLUS" in expected):
+        hint = "braces hold two or more branches: { A | B } or { A + B }; group with ( )"
+    elif token.type in ("PLUS", "BAR") and "RBRACE" not in expected:
         hint = "'|' and '+' separate branches inside braces: { A | B } or { A + B }"
     return ParseError(message, _token_span(token), hint=hint)
 
 
+def end_of_text(text: str) -> Span:
+    """Just after the last character that is not a comment or white space."""
+    lines = text.splitlines()
+    for number in range(len(lines), 0, -1):
+        content = lines[number - 1].split("#", 1)[0].rstrip()
+        if content:
+            return Span.at(number, len(content) + 1)
+    return Span.at(1, 1)
+
+
 def _unexpected_end(text: str, expected) -> ParseError:
-    lines = text.splitlines() or [""]
-    line = len(lines)
-    span = Span.at(line, len(lines[-1]) + 1)
-    return ParseError(f"unexpected end of file; expected {_describe_expected(expected)}", span)
+    return ParseError(f"unexpected end of file; expected {_describe_expected(expected)}",
+                      end_of_text(text))

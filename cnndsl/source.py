@@ -32,6 +32,8 @@ def read_source(path: str) -> str:
 
 
 def _span_at(data: bytes, offset: int) -> Span:
+    """Line and column (in characters, not bytes) of a byte offset."""
     line = data.count(b"\n", 0, offset) + 1
-    col = offset - (data.rfind(b"\n", 0, offset) + 1) + 1
-    return Span.at(line, col)
+    line_start = data.rfind(b"\n", 0, offset) + 1
+    before = data[line_start:offset].decode("utf-8", errors="replace")
+    return Span.at(line, len(before) + 1)

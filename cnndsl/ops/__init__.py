@@ -88,6 +88,15 @@ def spatial(shape, op_name: str, what: str = "a spatial input") -> tuple[tuple[i
     return shape[:-1], shape[-1]
 
 
+def same_size(value, other) -> bool:
+    """3 == (3, 3): a size written once means that size on every axis."""
+    if isinstance(value, tuple) and not isinstance(other, tuple):
+        return all(v == other for v in value)
+    if isinstance(other, tuple) and not isinstance(value, tuple):
+        return all(v == value for v in other)
+    return value == other
+
+
 def fmt_size(value) -> str:
     return "x".join(str(v) for v in value) if isinstance(value, tuple) else str(value)
 

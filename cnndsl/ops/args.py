@@ -75,6 +75,9 @@ class Padding(Kind):
         self.modes = modes
 
     def convert(self, value, what):
+        if isinstance(value, bool):
+            raise ArgValueError(f"{what} must be {', '.join(self.modes)} or a number of zeros, "
+                                f"got {_describe(value)}")
         if isinstance(value, str):
             if value not in self.modes:
                 raise ArgValueError(f"{what} must be {', '.join(self.modes)} or a number, "
@@ -96,7 +99,7 @@ class Real(Kind):
             raise ArgValueError(f"{what} must be a number, got {_describe(value)}")
         above = value >= self.high if self.high_open else value > self.high
         if value < self.low or above:
-            raise ArgValueError(f"{what} must be {self.text[2:]}, got {value}")
+            raise ArgValueError(f"{what} must be {self.text}, got {value:g}")
         return float(value)
 
 

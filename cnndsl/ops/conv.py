@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass
 
 from cnndsl.errors import ShapeMismatch
-from cnndsl.ops import Op, fmt_size, register, spatial
+from cnndsl.ops import Op, fmt_size, register, same_size, spatial
 from cnndsl.ops.args import Count, Flag, Padding, Size, arg
 from cnndsl.ops.padding import per_axis, window_output
 
@@ -23,7 +23,7 @@ def _conv_macs(param_shapes: dict, out_shape) -> int:
 
 def _window_text(p) -> str:
     parts = [fmt_size(p.kernel)]
-    if p.stride != 1:
+    if not same_size(p.stride, 1):
         parts.append(f"/{fmt_size(p.stride)}")
     return "".join(parts)
 
@@ -32,7 +32,7 @@ def _extras(p, **defaults) -> str:
     shown = []
     for name, default in defaults.items():
         value = getattr(p, name)
-        if value != default:
+        if not same_size(value, default):
             text = ("true" if value else "false") if isinstance(value, bool) else fmt_size(value)
             shown.append(f"{name}={text}")
     return (", " + ", ".join(shown)) if shown else ""

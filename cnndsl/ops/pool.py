@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from cnndsl.errors import ShapeMismatch
-from cnndsl.ops import Op, fmt_size, register, spatial
+from cnndsl.ops import Op, fmt_size, register, same_size, spatial
 from cnndsl.ops.args import Padding, Size, arg
 from cnndsl.ops.padding import per_axis, window_output
 
@@ -41,9 +41,9 @@ class WindowPool(Op):
     @staticmethod
     def describe(p):
         text = fmt_size(p.size)
-        if p.stride is not None and p.stride != p.size:
+        if p.stride is not None and not same_size(p.stride, p.size):
             text += f"/{fmt_size(p.stride)}"
-        if p.pad != 0:
+        if not same_size(p.pad, 0):
             text += f", pad={fmt_size(p.pad)}"
         return text
 
