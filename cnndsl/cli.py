@@ -52,6 +52,21 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--dump-ir", action="store_true",
                        help="also print every IR node with its attributes (debugging)")
     check.set_defaults(run=run_check)
+
+    render = commands.add_parser(
+        "render", help="draw the network with graphviz (svg, png, pdf or dot)",
+        description="Draw the network: one node per layer, the tensor shape on every edge, "
+                    "repetitions and macro calls as clusters.")
+    add_file_arguments(render)
+    render.add_argument("-o", "--output", metavar="OUT",
+                        help="output file (default: the file's name with the format's suffix, "
+                             "in the current folder); the suffix picks the format")
+    render.add_argument("--format", choices=FORMATS, help="svg (default), png, pdf or dot")
+    render.add_argument("--collapse", action="store_true",
+                        help="draw each repetition once, with a ×k badge")
+    render.add_argument("--rankdir", choices=("TB", "LR"), default="TB",
+                        help="top to bottom (default) or left to right")
+    render.set_defaults(run=run_render)
     return parser
 
 
@@ -87,6 +102,52 @@ def run_check(args, context: dict) -> int:
             print()
             print(dump_ir(loaded.graph))
     return 0
+
+
+FORMATS = ("svg", "png", "pdf", "dot")
+
+
+def run_render(args, context: dict) -> int:
+    from pathlib import Path
+
+    from cnndsl.render import render_to_file
+
+    context["path"] = args.file
+    out, fmt = _render_target(args)
+    outcome = render_to_file(args.file, args.bindings, out, fmt, collapse=args.collapse,
+                             rankdir=args.rankdir)
+    if outcome.missing_dot:
+        print(f"cnndsl: error: the graphviz 'dot' program is not installed, so {fmt.upper()} "
+              f"cannot be made; wrote the diagram's source to {outcome.written}\n"
+              "hint: install graphviz (Debian/Ubuntu: apt-get install graphviz; macOS: brew "
+              f"install graphviz), then run again, or run: dot -T{fmt} {outcome.written} -o "
+              f"{Path(out).name}", file=sys.stderr)
+        return 1
+    if outcome.error is not None:
+        print(outcome.error.format(outcome.text, args.file), file=sys.stderr)
+        print(f"cnndsl: wrote {outcome.written}, drawn up to the error", file=sys.stderr)
+        return 1
+    print(f"wrote {outcome.written}", file=sys.stderr)
+    return 0
+
+
+def _render_target(args) -> tuple[str, str]:
+    from pathlib import Path
+
+    suffix = Path(args.output).suffix.lstrip(".").lower() if args.output else ""
+    if args.format and suffix in FORMATS and suffix != args.format:
+        _usage_error(f"-o {args.output} has the suffix .{suffix} but --format is {args.format}")
+    if args.output and not args.format and suffix not in FORMATS:
+        _usage_error(f"cannot tell the format of -o {args.output}: use a .svg, .png, .pdf or "
+                     ".dot suffix, or --format")
+    fmt = args.format or suffix or "svg"
+    out = args.output or f"{Path(args.file).stem}.{fmt}"
+    return out, fmt
+
+
+def _usage_error(message: str):
+    print(f"cnndsl: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
 
 
 def main(argv: list[str] | None = None) -> int:

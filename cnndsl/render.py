@@ -10,8 +10,10 @@ red with the message beside it, the layers after it grey.
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import graphviz
 import networkx as nx
@@ -183,7 +185,7 @@ def _draw_error(dot, graph) -> None:
     if error is None:
         return
     failing = next(n for n, d in graph.nodes(data=True) if "error" in d)
-    message = _wrap(error.message, 60)
+    message = _wrap(times(error.message), 60)
     dot.node("__error__", message, shape="note", style="filled", fillcolor="#fff0f0",
              color=ERROR_RED, fontcolor=ERROR_RED, fontsize="10")
     dot.edge(failing, "__error__", style="dashed", color=ERROR_RED, arrowhead="none")
@@ -199,6 +201,56 @@ def _wrap(text: str, width: int) -> str:
             line = f"{line} {word}".strip()
     lines.append(line)
     return "\\l".join(lines) + "\\l"
+
+
+# ---- files ----------------------------------------------------------------------------------
+
+@dataclass
+class RenderOutcome:
+    written: str
+    error: object = None  # the ShapeError the diagram stops at, if any
+    text: str = ""
+    missing_dot: bool = False
+
+
+def render_to_file(path: str, bindings: dict, out: str, fmt: str, collapse: bool = False,
+                   rankdir: str = "TB") -> RenderOutcome:
+    """Check `path` and draw it to `out`. Syntax and name errors raise (nothing written);
+    a shape error still draws the network up to it and is returned in the outcome."""
+    from cnndsl.errors import ShapeError
+    from cnndsl.ir import build_ir
+    from cnndsl.parser import parse
+    from cnndsl.shapes import infer_shapes
+    from cnndsl.source import read_source
+
+    text = read_source(path)
+    graph = build_ir(parse(text), bindings, text)
+    error = None
+    try:
+        infer_shapes(graph)
+    except ShapeError as shape_error:
+        error = shape_error
+    dot = to_dot(graph, collapse=collapse, rankdir=rankdir)
+    if fmt == "dot":
+        _write_atomically(out, dot.source.encode("utf-8"))
+        return RenderOutcome(out, error, text)
+    try:
+        data = dot.pipe(format=fmt, quiet=True)
+    except graphviz.ExecutableNotFound:
+        source_path = str(Path(out).with_suffix(".dot"))
+        _write_atomically(source_path, dot.source.encode("utf-8"))
+        return RenderOutcome(source_path, error, text, missing_dot=True)
+    _write_atomically(out, data)
+    return RenderOutcome(out, error, text)
+
+
+def _write_atomically(path: str, data: bytes) -> None:
+    """Write to a temporary file beside `path`, then rename: never a half-written file."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temporary = target.with_name(f".{target.name}.tmp")
+    temporary.write_bytes(data)
+    os.replace(temporary, target)
 
 
 # ---- --collapse: draw every repetition once -----------------------------------------------

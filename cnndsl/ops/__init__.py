@@ -97,6 +97,13 @@ def same_size(value, other) -> bool:
     return value == other
 
 
+def fmt_stride(value) -> str:
+    """A stride the same on every axis is shown once: /2, not /2x2."""
+    if isinstance(value, tuple) and len(set(value)) == 1:
+        return str(value[0])
+    return fmt_size(value)
+
+
 def fmt_size(value) -> str:
     return "x".join(str(v) for v in value) if isinstance(value, tuple) else str(value)
 

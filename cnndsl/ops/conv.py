@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass
 
 from cnndsl.errors import ShapeMismatch
-from cnndsl.ops import Op, fmt_size, register, same_size, spatial
+from cnndsl.ops import Op, fmt_size, fmt_stride, register, same_size, spatial
 from cnndsl.ops.args import Count, Flag, Padding, Size, arg
 from cnndsl.ops.padding import per_axis, window_output
 
@@ -24,7 +24,7 @@ def _conv_macs(param_shapes: dict, out_shape) -> int:
 def _window_text(p) -> str:
     parts = [fmt_size(p.kernel)]
     if not same_size(p.stride, 1):
-        parts.append(f"/{fmt_size(p.stride)}")
+        parts.append(f"/{fmt_stride(p.stride)}")
     return "".join(parts)
 
 

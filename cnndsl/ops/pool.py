@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from cnndsl.errors import ShapeMismatch
-from cnndsl.ops import Op, fmt_size, register, same_size, spatial
+from cnndsl.ops import Op, fmt_size, fmt_stride, register, same_size, spatial
 from cnndsl.ops.args import Padding, Size, arg
 from cnndsl.ops.padding import per_axis, window_output
 
@@ -42,7 +42,7 @@ class WindowPool(Op):
     def describe(p):
         text = fmt_size(p.size)
         if p.stride is not None and not same_size(p.stride, p.size):
-            text += f"/{fmt_size(p.stride)}"
+            text += f"/{fmt_stride(p.stride)}"
         if not same_size(p.pad, 0):
             text += f", pad={fmt_size(p.pad)}"
         return text
