@@ -1,9 +1,17 @@
 """cnndsl: convolutional networks written as text.
 
 Front end (no numba needed): `parse`, `build_ir`, `infer_shapes`, `check_text`, `check_file`.
+Models: `compile(text, **bindings)` / `load(path, **bindings)` -> `cnndsl.model.Model`.
 """
 
 from __future__ import annotations
+
+import os
+
+# Numba's OpenMP threads and OpenBLAS's threads take turns on few cores; spinning OpenMP
+# workers starve the BLAS calls between kernels (4.7x slower conv training measured on
+# 2 cores). Must be set before the OpenMP runtime starts, i.e. before the first kernel.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from cnndsl.errors import CnnDslError, ShapeError
 from cnndsl.frontend import check_text
@@ -12,6 +20,23 @@ from cnndsl.parser import parse
 from cnndsl.shapes import infer_shapes
 
 __version__ = "0.1.0"
+
+
+def compile(source_text: str, seed: int = 0, **bindings):
+    """Check `.cnn` source and build a runnable model (kernels load on first use).
+
+    `bindings` override the file's `let`s (`compile(text, k=3)`); `seed` fixes the
+    initial weights and dropout."""
+    from cnndsl.model import Model
+
+    return Model(check_text(source_text, bindings), seed=seed)
+
+
+def load(path: str, seed: int = 0, **bindings):
+    """`compile` the .cnn file at `path`."""
+    from cnndsl.source import read_source
+
+    return compile(read_source(path), seed=seed, **bindings)
 
 
 def check_file(path: str, **bindings):

@@ -10,12 +10,26 @@ instead of branching on op names. An op class holds, as staticmethods taking its
   weight before bias; `buffer_shapes` likewise for non-trained state.
 - `macs(p, in_shape, out_shape) -> int` as torchinfo counts them (conv and FC layers).
 - `describe(p) -> str`: the arguments in short, for tables and diagrams.
+
+and, to run (`cnndsl.model`; kernels are imported lazily so `check` never loads numba):
+
+- `geometry(p, in_shapes)`: ints the kernels need (padding per side...), computed once.
+- `init(p, in_shape, rng) -> {name: array}`: PyTorch's default initialisation;
+  `init_buffers(p, in_shape)` likewise for buffers.
+- `forward(p, geo, w, xs, ctx) -> (y, saved)`: `w` holds this layer's parameters and buffers
+  by local name, `xs` its inputs (N, *shape) channels-last; returns what backward needs.
+- `backward(p, geo, w, saved, dy, ctx) -> (dxs, grads)`: input gradients (a list, one per
+  input) and parameter gradients by local name.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+from dataclasses import dataclass, field
+from importlib import import_module
+
+import numpy as np
 
 from cnndsl.errors import ShapeMismatch
 
@@ -25,6 +39,38 @@ OPS: dict[str, type[Op]] = {}
 @dataclasses.dataclass(frozen=True)
 class NoParams:
     """Params of a layer that takes no arguments."""
+
+
+@dataclass
+class Ctx:
+    """What a forward/backward call needs besides its arrays."""
+
+    train: bool = False
+    rng: np.random.Generator = field(default_factory=lambda: np.random.default_rng(0))
+    #: "numba" (cnndsl/kernels/*.py) or "reference" (their NumPy twins)
+    backend: str = "numba"
+
+    def kernels(self, family: str):
+        """The kernel module of a family ("conv", "pool", ...) for this backend."""
+        prefix = "cnndsl.kernels." if self.backend == "numba" else "cnndsl.kernels.reference."
+        return import_module(prefix + family)
+
+
+def uniform(shape, bound: float, rng: np.random.Generator) -> np.ndarray:
+    return rng.uniform(-bound, bound, size=shape).astype(np.float32)
+
+
+def kaiming_uniform(shapes: dict, rng: np.random.Generator, fan_in: int | None = None) -> dict:
+    """PyTorch's default for conv and linear layers: kaiming_uniform(a=sqrt(5)) for the
+    weight, i.e. U(-1/sqrt(fan_in), 1/sqrt(fan_in)), and the same bound for the bias.
+    fan_in defaults to each weight's size over its first axis (PyTorch's rule); a bias
+    takes the fan_in of the weight before it."""
+    arrays, current = {}, 1
+    for name, shape in shapes.items():
+        if name != "bias":
+            current = fan_in if fan_in is not None else math.prod(shape[1:])
+        arrays[name] = uniform(shape, 1 / math.sqrt(current), rng)
+    return arrays
 
 
 class Op:
@@ -59,6 +105,26 @@ class Op:
     @staticmethod
     def describe(p) -> str:
         return ""
+
+    @staticmethod
+    def geometry(p, in_shapes):
+        return None
+
+    @staticmethod
+    def init(p, in_shape, rng) -> dict:
+        return {}
+
+    @staticmethod
+    def init_buffers(p, in_shape) -> dict:
+        return {}
+
+    @classmethod
+    def forward(cls, p, geo, w, xs, ctx):
+        raise NotImplementedError(f"{cls.name}: no forward")
+
+    @classmethod
+    def backward(cls, p, geo, w, saved, dy, ctx):
+        raise NotImplementedError(f"{cls.name}: no backward")
 
 
 def register(cls: type[Op]) -> type[Op]:

@@ -22,6 +22,15 @@ class Elementwise(Op):
 class ReLU(Elementwise):
     name = "ReLU"
 
+    @staticmethod
+    def forward(p, g, w, xs, ctx):
+        y = ctx.kernels("elementwise").relu_forward(xs[0])
+        return y, y
+
+    @staticmethod
+    def backward(p, g, w, y, dy, ctx):
+        return [ctx.kernels("elementwise").relu_backward(y, dy)], {}
+
 
 @dataclass(frozen=True)
 class LeakyParams:
@@ -39,15 +48,41 @@ class LeakyReLU(Elementwise):
     def describe(p):
         return f"{p.alpha:g}"
 
+    @staticmethod
+    def forward(p, g, w, xs, ctx):
+        return ctx.kernels("elementwise").leaky_relu_forward(xs[0], p.alpha), xs[0]
+
+    @staticmethod
+    def backward(p, g, w, x, dy, ctx):
+        return [ctx.kernels("elementwise").leaky_relu_backward(x, dy, p.alpha)], {}
+
 
 @register
 class Sigmoid(Elementwise):
     name = "Sigmoid"
 
+    @staticmethod
+    def forward(p, g, w, xs, ctx):
+        y = ctx.kernels("elementwise").sigmoid_forward(xs[0])
+        return y, y
+
+    @staticmethod
+    def backward(p, g, w, y, dy, ctx):
+        return [ctx.kernels("elementwise").sigmoid_backward(y, dy)], {}
+
 
 @register
 class Tanh(Elementwise):
     name = "Tanh"
+
+    @staticmethod
+    def forward(p, g, w, xs, ctx):
+        y = ctx.kernels("elementwise").tanh_forward(xs[0])
+        return y, y
+
+    @staticmethod
+    def backward(p, g, w, y, dy, ctx):
+        return [ctx.kernels("elementwise").tanh_backward(y, dy)], {}
 
 
 @register
@@ -55,3 +90,14 @@ class Softmax(Elementwise):
     """Probabilities over the channel axis (training fuses it with cross-entropy)."""
 
     name = "Softmax"
+
+    @staticmethod
+    def forward(p, g, w, xs, ctx):
+        x = xs[0]
+        y = ctx.kernels("loss").softmax_forward(x.reshape(-1, x.shape[-1]))
+        return y.reshape(x.shape), y
+
+    @staticmethod
+    def backward(p, g, w, y2, dy, ctx):
+        dx = ctx.kernels("loss").softmax_backward(y2, dy.reshape(y2.shape))
+        return [dx.reshape(dy.shape)], {}

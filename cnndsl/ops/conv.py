@@ -10,9 +10,35 @@ import math
 from dataclasses import dataclass
 
 from cnndsl.errors import ShapeMismatch
-from cnndsl.ops import Op, fmt_size, fmt_stride, register, same_size, spatial
+from cnndsl.ops import Op, fmt_size, fmt_stride, kaiming_uniform, register, same_size, spatial
 from cnndsl.ops.args import Count, Flag, Padding, Size, arg
-from cnndsl.ops.padding import per_axis, window_output
+from cnndsl.ops.padding import per_axis, to3, window3, window_output
+
+
+def _as5d(x):
+    from cnndsl.kernels import as5d
+
+    return as5d(x)
+
+
+def _from5d(y, x):
+    """Back to x's rank (1-D, 2-D or 3-D channels-last)."""
+    from cnndsl.kernels import from5d
+
+    return from5d(y, x.ndim - 2)
+
+
+def _w5d(w):
+    from cnndsl.kernels import weight5d
+
+    return weight5d(w)
+
+
+def _grads(w, dw, db, has_bias):
+    grads = {"weight": dw.reshape(w["weight"].shape)}
+    if has_bias:
+        grads["bias"] = db.reshape(w["bias"].shape)
+    return grads
 
 
 def _conv_macs(param_shapes: dict, out_shape) -> int:
@@ -82,6 +108,29 @@ class Conv(Op):
         return _conv_macs(Conv.param_shapes(p, x), y)
 
     @staticmethod
+    def geometry(p, in_shapes):
+        return window3(in_shapes[0][:-1], p.kernel, p.stride, p.dilation, p.pad)
+
+    @staticmethod
+    def init(p, x, rng):
+        return kaiming_uniform(Conv.param_shapes(p, x), rng)
+
+    @staticmethod
+    def forward(p, g, w, xs, ctx):
+        x = xs[0]
+        y = ctx.kernels("conv").conv_forward(
+            _as5d(x), _w5d(w["weight"]), w.get("bias"), g["stride"], g["dilation"],
+            g["pad_before"], g["pad_after"], p.groups)
+        return _from5d(y, x), x
+
+    @staticmethod
+    def backward(p, g, w, x, dy, ctx):
+        dx, dw, db = ctx.kernels("conv").conv_backward(
+            _as5d(x), _w5d(w["weight"]), _as5d(dy), g["stride"], g["dilation"],
+            g["pad_before"], g["pad_after"], p.groups)
+        return [_from5d(dx, x)], _grads(w, dw, db, p.bias)
+
+    @staticmethod
     def describe(p):
         return f"{p.filters}, {_window_text(p)}" + _extras(
             p, pad="same", dilation=1, groups=1, bias=True)
@@ -141,6 +190,31 @@ class ConvT(Op):
         return _conv_macs(ConvT.param_shapes(p, x), y)
 
     @staticmethod
+    def geometry(p, in_shapes):
+        rank = len(in_shapes[0]) - 1
+        pad = 0 if p.pad == "valid" else p.pad
+        return {"stride": to3(per_axis(p.stride, rank, "stride"), 1),
+                "pad": to3(per_axis(pad, rank, "pad"), 0),
+                "output_pad": to3(per_axis(p.output_pad, rank, "output_pad"), 0)}
+
+    @staticmethod
+    def init(p, x, rng):
+        return kaiming_uniform(ConvT.param_shapes(p, x), rng)
+
+    @staticmethod
+    def forward(p, g, w, xs, ctx):
+        x = xs[0]
+        y = ctx.kernels("conv").convt_forward(_as5d(x), _w5d(w["weight"]), w.get("bias"),
+                                              g["stride"], g["pad"], g["output_pad"])
+        return _from5d(y, x), x
+
+    @staticmethod
+    def backward(p, g, w, x, dy, ctx):
+        dx, dw, db = ctx.kernels("conv").convt_backward(
+            _as5d(x), _w5d(w["weight"]), _as5d(dy), g["stride"], g["pad"], g["output_pad"])
+        return [_from5d(dx, x)], _grads(w, dw, db, p.bias)
+
+    @staticmethod
     def describe(p):
         return f"{p.filters}, {_window_text(p)}" + _extras(p, pad=0, output_pad=0, bias=True)
 
@@ -183,6 +257,28 @@ class DepthwiseConv(Op):
     @staticmethod
     def macs(p, x, y):
         return _conv_macs(DepthwiseConv.param_shapes(p, x), y)
+
+    @staticmethod
+    def geometry(p, in_shapes):
+        return window3(in_shapes[0][:-1], p.kernel, p.stride, 1, p.pad)
+
+    @staticmethod
+    def init(p, x, rng):
+        return kaiming_uniform(DepthwiseConv.param_shapes(p, x), rng)
+
+    @staticmethod
+    def forward(p, g, w, xs, ctx):
+        x = xs[0]
+        y = ctx.kernels("conv").depthwise_forward(_as5d(x), _w5d(w["weight"]), w.get("bias"),
+                                                  g["stride"], g["pad_before"], g["pad_after"])
+        return _from5d(y, x), x
+
+    @staticmethod
+    def backward(p, g, w, x, dy, ctx):
+        dx, dw, db = ctx.kernels("conv").depthwise_backward(
+            _as5d(x), _w5d(w["weight"]), _as5d(dy), g["stride"], g["pad_before"],
+            g["pad_after"])
+        return [_from5d(dx, x)], _grads(w, dw, db, p.bias)
 
     @staticmethod
     def describe(p):
@@ -230,6 +326,40 @@ class SeparableConv(Op):
         return _conv_macs(SeparableConv.param_shapes(p, x), y)
 
     @staticmethod
+    def geometry(p, in_shapes):
+        return window3(in_shapes[0][:-1], p.kernel, p.stride, 1, p.pad)
+
+    @staticmethod
+    def init(p, x, rng):
+        shapes = SeparableConv.param_shapes(p, x)
+        depthwise = kaiming_uniform({"depthwise": shapes.pop("depthwise")}, rng)
+        return {**depthwise, **kaiming_uniform(shapes, rng)}
+
+    @staticmethod
+    def forward(p, g, w, xs, ctx):
+        kernels = ctx.kernels("conv")
+        x = xs[0]
+        mid = kernels.depthwise_forward(_as5d(x), _w5d(w["depthwise"]), None, g["stride"],
+                                        g["pad_before"], g["pad_after"])
+        y = kernels.conv_forward(mid, _w5d(w["pointwise"]), w.get("bias"), (1, 1, 1),
+                                 (1, 1, 1), (0, 0, 0), (0, 0, 0), 1)
+        return _from5d(y, x), (x, mid)
+
+    @staticmethod
+    def backward(p, g, w, saved, dy, ctx):
+        kernels = ctx.kernels("conv")
+        x, mid = saved
+        dmid, dpoint, db = kernels.conv_backward(mid, _w5d(w["pointwise"]), _as5d(dy),
+                                                 (1, 1, 1), (1, 1, 1), (0, 0, 0), (0, 0, 0), 1)
+        dx, ddepth, _ = kernels.depthwise_backward(_as5d(x), _w5d(w["depthwise"]), dmid,
+                                                   g["stride"], g["pad_before"], g["pad_after"])
+        grads = {"depthwise": ddepth.reshape(w["depthwise"].shape),
+                 "pointwise": dpoint.reshape(w["pointwise"].shape)}
+        if p.bias:
+            grads["bias"] = db
+        return [_from5d(dx, x)], grads
+
+    @staticmethod
     def describe(p):
         return f"{p.filters}, {_window_text(p)}" + _extras(p, pad="same", bias=True)
 
@@ -274,6 +404,36 @@ class LocalConv(Op):
     def macs(p, x, y):
         # each weight is used once per example
         return sum(math.prod(s) for s in LocalConv.param_shapes(p, x).values())
+
+    @staticmethod
+    def geometry(p, in_shapes):
+        sizes, channels = spatial(in_shapes[0], "LocalConv")
+        rank = len(sizes)
+        out = LocalConv.shape(p, in_shapes[0])[:-1]
+        kernel = per_axis(p.kernel, rank, "kernel")
+        return {"stride": to3(per_axis(p.stride, rank, "stride"), 1),
+                "w5": (*to3(out, 1), p.filters, channels, *to3(kernel, 1)),
+                "b5": (p.filters, *to3(out, 1))}
+
+    @staticmethod
+    def init(p, x, rng):
+        sizes, channels = spatial(x, "LocalConv")
+        fan_in = channels * math.prod(per_axis(p.kernel, len(sizes), "kernel"))
+        return kaiming_uniform(LocalConv.param_shapes(p, x), rng, fan_in=fan_in)
+
+    @staticmethod
+    def forward(p, g, w, xs, ctx):
+        x = xs[0]
+        bias = w["bias"].reshape(g["b5"]) if p.bias else None
+        y = ctx.kernels("conv").local_forward(_as5d(x), w["weight"].reshape(g["w5"]), bias,
+                                              g["stride"])
+        return _from5d(y, x), x
+
+    @staticmethod
+    def backward(p, g, w, x, dy, ctx):
+        dx, dw, db = ctx.kernels("conv").local_backward(
+            _as5d(x), w["weight"].reshape(g["w5"]), _as5d(dy), g["stride"])
+        return [_from5d(dx, x)], _grads(w, dw, db, p.bias)
 
     @staticmethod
     def describe(p):

@@ -5,8 +5,26 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from cnndsl.ops import Op, register
+import numpy as np
+
+from cnndsl.ops import Op, kaiming_uniform, register
 from cnndsl.ops.args import Count, Flag, arg
+
+
+def flatten(x: np.ndarray) -> np.ndarray:
+    """(N, *spatial, C) -> (N, C*prod(spatial)) in PyTorch's channel-major order."""
+    if x.ndim == 2:
+        return x
+    channels_first = np.moveaxis(x, -1, 1)
+    return np.ascontiguousarray(channels_first).reshape(x.shape[0], -1)
+
+
+def unflatten(dx2: np.ndarray, shape) -> np.ndarray:
+    """The inverse of `flatten` for a gradient: (N, F) -> (N, *spatial, C)."""
+    if len(shape) == 2:
+        return dx2
+    n, *spatial, c = shape
+    return np.ascontiguousarray(np.moveaxis(dx2.reshape(n, c, *spatial), 1, -1))
 
 
 @register
@@ -19,6 +37,14 @@ class Flatten(Op):
     @staticmethod
     def shape(p, x):
         return (math.prod(x),)
+
+    @staticmethod
+    def forward(p, g, w, xs, ctx):
+        return flatten(xs[0]), xs[0].shape
+
+    @staticmethod
+    def backward(p, g, w, x_shape, dy, ctx):
+        return [unflatten(dy, x_shape)], {}
 
 
 @dataclass(frozen=True)
@@ -54,6 +80,26 @@ class FC(Op):
     @staticmethod
     def macs(p, x, y):
         return sum(math.prod(s) for s in FC.param_shapes(p, x).values())
+
+    @staticmethod
+    def init(p, x, rng):
+        return kaiming_uniform(FC.param_shapes(p, x), rng)
+
+    @staticmethod
+    def forward(p, g, w, xs, ctx):
+        x2 = flatten(xs[0])
+        y = x2 @ w["weight"].T
+        if p.bias:
+            y += w["bias"]
+        return y, (x2, xs[0].shape)
+
+    @staticmethod
+    def backward(p, g, w, saved, dy, ctx):
+        x2, x_shape = saved
+        grads = {"weight": dy.T @ x2}
+        if p.bias:
+            grads["bias"] = dy.sum(axis=0)
+        return [unflatten(dy @ w["weight"], x_shape)], grads
 
     @staticmethod
     def describe(p):

@@ -67,3 +67,24 @@ def window_output(op_what: str, in_sizes, kernel, stride, dilation, pad):
             f"{fmt(padded)} (pad={pad_text})",
             hint="use pad=same, a smaller window, or less downsampling before this layer")
     return tuple(out for out, _, _ in resolved)
+
+
+def to3(values, fill: int) -> tuple[int, int, int]:
+    """Per-axis values for 1-3 spatial axes -> (D, H, W), `fill` for missing leading axes."""
+    values = tuple(values)
+    return (fill,) * (3 - len(values)) + values
+
+
+def window3(in_sizes, kernel, stride, dilation, pad) -> dict:
+    """Kernel geometry as (D, H, W) int triples, the form the kernels take:
+    kernel, stride, dilation, pad_before, pad_after."""
+    rank = len(in_sizes)
+    kernel = per_axis(kernel, rank, "kernel")
+    stride = per_axis(stride, rank, "stride")
+    dilation = per_axis(dilation, rank, "dilation")
+    if not isinstance(pad, str):
+        pad = per_axis(pad, rank, "pad")
+    resolved = resolve(in_sizes, kernel, stride, dilation, pad)
+    return {"kernel": to3(kernel, 1), "stride": to3(stride, 1), "dilation": to3(dilation, 1),
+            "pad_before": to3([b for _, b, _ in resolved], 0),
+            "pad_after": to3([a for _, _, a in resolved], 0)}

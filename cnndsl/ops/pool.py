@@ -7,7 +7,19 @@ from dataclasses import dataclass
 from cnndsl.errors import ShapeMismatch
 from cnndsl.ops import Op, fmt_size, fmt_stride, register, same_size, spatial
 from cnndsl.ops.args import Padding, Size, arg
-from cnndsl.ops.padding import per_axis, window_output
+from cnndsl.ops.padding import per_axis, window3, window_output
+
+
+def _as5d(x):
+    from cnndsl.kernels import as5d
+
+    return as5d(x)
+
+
+def _from5d(y, rank):
+    from cnndsl.kernels import from5d
+
+    return from5d(y, rank)
 
 
 @dataclass(frozen=True)
@@ -39,6 +51,15 @@ class WindowPool(Op):
         return (*out, channels)
 
     @staticmethod
+    def geometry(p, in_shapes):
+        stride = p.stride if p.stride is not None else p.size
+        return window3(in_shapes[0][:-1], p.size, stride, 1, p.pad)
+
+    @staticmethod
+    def _window(g):
+        return g["kernel"], g["stride"], g["pad_before"], g["pad_after"]
+
+    @staticmethod
     def describe(p):
         text = fmt_size(p.size)
         if p.stride is not None and not same_size(p.stride, p.size):
@@ -50,9 +71,23 @@ class WindowPool(Op):
 
 @register
 class MaxPool(WindowPool):
+    """Maximum over the window; padding never wins. Saves the argmax for backward."""
+
     name = "MaxPool"
-    explain_bare = True
     aliases = ("Pool",)
+    explain_bare = True
+
+    @staticmethod
+    def forward(p, g, w, xs, ctx):
+        x5 = _as5d(xs[0])
+        y, argmax = ctx.kernels("pool").maxpool_forward(x5, *WindowPool._window(g))
+        return _from5d(y, xs[0].ndim - 2), (argmax, x5.shape)
+
+    @staticmethod
+    def backward(p, g, w, saved, dy, ctx):
+        argmax, x_shape = saved
+        dx = ctx.kernels("pool").maxpool_backward(_as5d(dy), argmax, x_shape)
+        return [_from5d(dx, dy.ndim - 2)], {}
 
 
 @register
@@ -61,12 +96,35 @@ class AvgPool(WindowPool):
 
     name = "AvgPool"
 
+    @staticmethod
+    def forward(p, g, w, xs, ctx):
+        x5 = _as5d(xs[0])
+        y = ctx.kernels("pool").avgpool_forward(x5, *WindowPool._window(g))
+        return _from5d(y, xs[0].ndim - 2), x5.shape
+
+    @staticmethod
+    def backward(p, g, w, x_shape, dy, ctx):
+        dx = ctx.kernels("pool").avgpool_backward(_as5d(dy), x_shape, *WindowPool._window(g))
+        return [_from5d(dx, dy.ndim - 2)], {}
+
 
 @register
 class L2Pool(WindowPool):
     """sqrt(sum of squares) over the window."""
 
     name = "L2Pool"
+
+    @staticmethod
+    def forward(p, g, w, xs, ctx):
+        x5 = _as5d(xs[0])
+        y = ctx.kernels("pool").l2pool_forward(x5, *WindowPool._window(g))
+        return _from5d(y, xs[0].ndim - 2), (x5, y)
+
+    @staticmethod
+    def backward(p, g, w, saved, dy, ctx):
+        x5, y = saved
+        dx = ctx.kernels("pool").l2pool_backward(x5, y, _as5d(dy), *WindowPool._window(g))
+        return [_from5d(dx, dy.ndim - 2)], {}
 
 
 class GlobalPool(Op):
@@ -84,7 +142,30 @@ class GlobalPool(Op):
 class GlobalAvgPool(GlobalPool):
     name = "GlobalAvgPool"
 
+    @staticmethod
+    def forward(p, g, w, xs, ctx):
+        x5 = _as5d(xs[0])
+        return ctx.kernels("pool").global_avgpool_forward(x5), (x5.shape, xs[0].ndim - 2)
+
+    @staticmethod
+    def backward(p, g, w, saved, dy, ctx):
+        x_shape, rank = saved
+        dx = ctx.kernels("pool").global_avgpool_backward(dy, x_shape)
+        return [_from5d(dx, rank)], {}
+
 
 @register
 class GlobalMaxPool(GlobalPool):
     name = "GlobalMaxPool"
+
+    @staticmethod
+    def forward(p, g, w, xs, ctx):
+        x5 = _as5d(xs[0])
+        y, argmax = ctx.kernels("pool").global_maxpool_forward(x5)
+        return y, (argmax, x5.shape, xs[0].ndim - 2)
+
+    @staticmethod
+    def backward(p, g, w, saved, dy, ctx):
+        argmax, x_shape, rank = saved
+        dx = ctx.kernels("pool").global_maxpool_backward(dy, argmax, x_shape)
+        return [_from5d(dx, rank)], {}

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from cnndsl.errors import ShapeMismatch
 from cnndsl.ops import Op, register
 from cnndsl.ops.padding import fmt
@@ -44,6 +46,14 @@ class Identity(Op):
     def shape(p, x):
         return x
 
+    @staticmethod
+    def forward(p, g, w, xs, ctx):
+        return xs[0], None
+
+    @staticmethod
+    def backward(p, g, w, saved, dy, ctx):
+        return [dy], {}
+
 
 @register
 class Concat(Op):
@@ -64,6 +74,15 @@ class Concat(Op):
                     f"channels, but branch 1 gives {fmt(first)} and branch {i} gives {fmt(x)}",
                     hint="give every branch the same strides and padding (e.g. pad=same)")
         return (*first[:-1], sum(x[-1] for x in xs))
+
+    @staticmethod
+    def forward(p, g, w, xs, ctx):
+        return np.concatenate(xs, axis=-1), [x.shape[-1] for x in xs]
+
+    @staticmethod
+    def backward(p, g, w, channels, dy, ctx):
+        bounds = np.cumsum(channels)[:-1]
+        return [np.ascontiguousarray(part) for part in np.split(dy, bounds, axis=-1)], {}
 
 
 @register
@@ -86,3 +105,14 @@ class Add(Op):
                     hint="match channels and strides, e.g. a 1x1 Conv with the same stride "
                          "on the shortcut")
         return first
+
+    @staticmethod
+    def forward(p, g, w, xs, ctx):
+        y = xs[0] + xs[1]
+        for x in xs[2:]:
+            y += x
+        return y, len(xs)
+
+    @staticmethod
+    def backward(p, g, w, count, dy, ctx):
+        return [dy] * count, {}

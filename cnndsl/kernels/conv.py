@@ -1,0 +1,603 @@
+"""Convolution-family kernels, forward and backward: conv (grouped, dilated, asymmetric zero
+padding), transposed conv, depthwise conv and locally connected layers.
+
+Layouts (see `cnndsl.kernels`): x, y, dx, dy are channels-last N×D×H×W×C; triples are (D, H, W)
+ints; weights keep PyTorch's layouts. Every wrapper returns fresh, C-contiguous arrays of x's
+dtype.
+
+Method. Conv is im2col + GEMM: `cols` is G×M×Kg with one row per output pixel
+(M = N·OD·OH·OW, row ((n·OD + od)·OH + oh)·OW + ow) and Kg = KD·KH·KW·(C/G) columns ordered
+(kd, kh, kw, c), so each group's patch matrix is contiguous and the weight is re-laid out once
+to G×Fg×Kg. Forward y = cols·Wᵀ; backward dW = dYᵀ·cols and dcols = dY·W followed by col2im.
+The work goes in blocks of whole images of about `_BLOCK_BYTES` of patches, so each block's
+patches are still in cache when its GEMM reads them (10–25% faster than one big im2col here).
+GEMMs run in the Python wrappers through `np.matmul` (OpenBLAS); im2col, col2im and the direct
+loops are `@njit(parallel=True)`. Transposed conv is the adjoint of conv and reuses the same
+pieces; depthwise conv (groups = C) uses direct loops vectorised over the channel axis, since a
+per-channel GEMM would be tiny; locally connected layers are one small GEMM per output position.
+
+Scratch: `cols` / `dcols` live in module-level buffers that grow to the largest block seen and
+are reused by later calls (large fresh allocations page-fault on every step). They never escape
+a wrapper, so outputs stay independent; the wrappers are therefore not thread-safe.
+`clear_scratch()` releases them.
+
+Threads: Numba's pool and OpenBLAS's take turns on the same cores. With their default
+busy-waiting each slows the other 2x or more; set OMP_WAIT_POLICY=PASSIVE and
+OPENBLAS_THREAD_TIMEOUT=4 before numpy and numba start (benchmarks/bench_conv.py does).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit, prange
+
+_scratch: dict[tuple[str, np.dtype], np.ndarray] = {}
+_BLOCK_BYTES = 8 << 20  # patch-matrix bytes per block: well inside this machine's 32 MiB L3
+
+
+def _buffer(slot: str, shape: tuple, dtype) -> np.ndarray:
+    """A reusable array of `shape` (contents undefined), valid until the next use of `slot`."""
+    size, key = math.prod(shape), (slot, np.dtype(dtype))
+    buf = _scratch.get(key)
+    if buf is None or buf.size < size:
+        buf = _scratch[key] = np.empty(size, dtype)
+    return buf[:size].reshape(shape)
+
+
+def clear_scratch() -> None:
+    """Free the reusable im2col/col2im buffers."""
+    _scratch.clear()
+
+
+def _c(a, dtype=None) -> np.ndarray:
+    return np.ascontiguousarray(a, dtype=dtype)
+
+
+def conv_output(sizes, kernel, stride, dilation, pad_before, pad_after) -> tuple:
+    """Output sizes (D, H, W) of a zero-padded conv."""
+    return tuple((n + p0 + p1 - d * (k - 1) - 1) // s + 1 for n, k, s, d, p0, p1
+                 in zip(sizes, kernel, stride, dilation, pad_before, pad_after))
+
+
+# ------------------------------------------------------------------------------------- kernels
+
+@njit(cache=True)
+def _span(offset, step, n_in, n_out):
+    """The outputs o in [lo, hi) whose input index o·step + offset lies in [0, n_in)."""
+    lo = max(0, (step - 1 - offset) // step)
+    hi = min(n_out, (n_in - 1 - offset) // step + 1)
+    return lo, hi
+
+
+@njit(parallel=True, cache=True)
+def _im2col(x, cols, kd, kh, kw, sd, sh, sw, dd, dh, dw, pd0, ph0, pw0, od_, oh_, ow_):
+    """cols[g, row, ((a·KH + b)·KW + e)·Cg + c] = xpad[n, od·sd + a·dd, oh·sh + b·dh,
+    ow·sw + e·dw, g·Cg + c] (zero outside x). x: N×D×H×W×C, cols: G×M×Kg, Cg = C/G.
+    Parallel over output rows (n, od, oh); each iteration writes only its own OW rows."""
+    n_, d_, h_, w_, c_ = x.shape
+    ng = cols.shape[0]
+    cg = c_ // ng
+    xf = x.reshape(x.size)
+    for r in prange(n_ * od_ * oh_):
+        n = r // (od_ * oh_)
+        od = (r // oh_) % od_
+        oh = r % oh_
+        for g in range(ng):
+            c0 = g * cg
+            for ow in range(ow_):
+                crow = cols[g, r * ow_ + ow]
+                q0 = ow * sw - pw0
+                for a in range(kd):
+                    i = od * sd - pd0 + a * dd
+                    for b in range(kh):
+                        j = oh * sh - ph0 + b * dh
+                        k0 = (a * kh + b) * kw * cg
+                        if i < 0 or i >= d_ or j < 0 or j >= h_:
+                            crow[k0:k0 + kw * cg] = 0
+                            continue
+                        if ng == 1 and dw == 1 and q0 >= 0 and q0 + kw <= w_:
+                            # the kw taps are one contiguous run of x: copy it in one go
+                            s0 = (((n * d_ + i) * h_ + j) * w_ + q0) * c_
+                            crow[k0:k0 + kw * cg] = xf[s0:s0 + kw * cg]
+                            continue
+                        xr = x[n, i, j]
+                        for e in range(kw):
+                            q = ow * sw - pw0 + e * dw
+                            k = k0 + e * cg
+                            if 0 <= q < w_:
+                                crow[k:k + cg] = xr[q, c0:c0 + cg]
+                            else:
+                                crow[k:k + cg] = 0
+
+
+@njit(parallel=True, cache=True)
+def _col2im(dcols, dx, kd, kh, kw, sd, sh, sw, dd, dh, dw, pd0, ph0, pw0, od_, oh_, ow_):
+    """Adjoint of `_im2col`: dx[n, i, j, q, g·Cg + c] = sum of the dcols entries that read it.
+    dcols: G×M×Kg, dx: N×D×H×W×C (overwritten). Gathers, parallel over input rows (n, i, j);
+    each iteration writes only dx[n, i, j]."""
+    n_, d_, h_, w_, c_ = dx.shape
+    ng = dcols.shape[0]
+    cg = c_ // ng
+    for r in prange(n_ * d_ * h_):
+        n = r // (d_ * h_)
+        i = (r // h_) % d_
+        j = r % h_
+        dxr = dx[n, i, j]
+        dxr[:, :] = 0
+        for a in range(kd):
+            t = i + pd0 - a * dd
+            if t < 0 or t % sd != 0 or t // sd >= od_:
+                continue
+            for b in range(kh):
+                u = j + ph0 - b * dh
+                if u < 0 or u % sh != 0 or u // sh >= oh_:
+                    continue
+                row0 = ((n * od_ + t // sd) * oh_ + u // sh) * ow_
+                for g in range(ng):
+                    c0 = g * cg
+                    for e in range(kw):
+                        k = ((a * kh + b) * kw + e) * cg
+                        lo, hi = _span(e * dw - pw0, sw, w_, ow_)
+                        for ow in range(lo, hi):
+                            q = ow * sw - pw0 + e * dw
+                            dst = dxr[q, c0:c0 + cg]
+                            src = dcols[g, row0 + ow, k:k + cg]
+                            for c in range(cg):  # a loop: `dst += src` would allocate
+                                dst[c] += src[c]
+
+
+@njit(parallel=True, cache=True)
+def _add_rows(y2, b):
+    """y2[r, :] += b for every row. y2: M×F. Parallel over row blocks."""
+    m, f = y2.shape
+    nblock = (m + 255) // 256
+    for blk in prange(nblock):
+        for r in range(blk * 256, min(m, blk * 256 + 256)):
+            for c in range(f):
+                y2[r, c] += b[c]
+
+
+@njit(parallel=True, cache=True)
+def _row_sums(a, nchunk):
+    """Float64 partial column sums of a: M×F; chunk t sums rows [t·M/T, (t+1)·M/T)."""
+    m, f = a.shape
+    part = np.zeros((nchunk, f))
+    for t in prange(nchunk):
+        for r in range(t * m // nchunk, (t + 1) * m // nchunk):
+            for c in range(f):
+                part[t, c] += a[r, c]
+    return part
+
+
+@njit(cache=True)
+def _expand(xr, mult, out):
+    """out[q, c·m + k] = xr[q, c]: an input row repeated to the depthwise output channels.
+    Returns xr itself when m = 1."""
+    if mult == 1:
+        return xr
+    for q in range(xr.shape[0]):
+        for c in range(xr.shape[1]):
+            for k in range(mult):
+                out[q, c * mult + k] = xr[q, c]
+    return out
+
+
+@njit(parallel=True, cache=True)
+def _dw_forward(x, wt, b, y, mult, kd, kh, kw, sd, sh, sw, dd, dh, dw, pd0, ph0, pw0):
+    """Depthwise conv: y[n, o, c·m + k] = b[c·m + k] + sum_tap xpad[n, o·s + tap·d, c] ·
+    wt[tap, c·m + k]. x: N×D×H×W×C, wt: (KD·KH·KW)×(C·m), y: N×OD×OH×OW×(C·m) (overwritten).
+    Parallel over output rows (n, od, oh); inner loops run along the contiguous channel axis."""
+    n_, d_, h_, w_, _ = x.shape
+    _, od_, oh_, ow_, f_ = y.shape
+    for r in prange(n_ * od_ * oh_):
+        n = r // (od_ * oh_)
+        od = (r // oh_) % od_
+        oh = r % oh_
+        yr = y[n, od, oh]
+        xe = np.empty((w_, f_), x.dtype)
+        for ow in range(ow_):
+            yr[ow, :] = b
+        for a in range(kd):
+            i = od * sd - pd0 + a * dd
+            if i < 0 or i >= d_:
+                continue
+            for bb in range(kh):
+                j = oh * sh - ph0 + bb * dh
+                if j < 0 or j >= h_:
+                    continue
+                xs = _expand(x[n, i, j], mult, xe)
+                for e in range(kw):
+                    wk = wt[(a * kh + bb) * kw + e]
+                    lo, hi = _span(e * dw - pw0, sw, w_, ow_)
+                    for ow in range(lo, hi):
+                        yo, xo = yr[ow], xs[ow * sw - pw0 + e * dw]
+                        for o in range(f_):
+                            yo[o] += xo[o] * wk[o]
+
+
+@njit(parallel=True, cache=True)
+def _dw_backward_x(dy, wt, dx, mult, kd, kh, kw, sd, sh, sw, dd, dh, dw, pd0, ph0, pw0):
+    """dx of `_dw_forward` (dx: N×D×H×W×C, overwritten). Gathers, parallel over input rows
+    (n, i, j); each iteration writes only dx[n, i, j]."""
+    n_, d_, h_, w_, c_ = dx.shape
+    _, od_, oh_, ow_, f_ = dy.shape
+    for r in prange(n_ * d_ * h_):
+        n = r // (d_ * h_)
+        i = (r // h_) % d_
+        j = r % h_
+        acc = np.zeros((w_, f_), dx.dtype)  # the gradient of the expanded row (see `_expand`)
+        for a in range(kd):
+            t = i + pd0 - a * dd
+            if t < 0 or t % sd != 0 or t // sd >= od_:
+                continue
+            for bb in range(kh):
+                u = j + ph0 - bb * dh
+                if u < 0 or u % sh != 0 or u // sh >= oh_:
+                    continue
+                dyr = dy[n, t // sd, u // sh]
+                for e in range(kw):
+                    wk = wt[(a * kh + bb) * kw + e]
+                    lo, hi = _span(e * dw - pw0, sw, w_, ow_)
+                    for ow in range(lo, hi):
+                        ao, do = acc[ow * sw - pw0 + e * dw], dyr[ow]
+                        for o in range(f_):
+                            ao[o] += do[o] * wk[o]
+        dxr = dx[n, i, j]
+        for q in range(w_):
+            for c in range(c_):
+                total = acc[q, c * mult]
+                for k in range(1, mult):
+                    total += acc[q, c * mult + k]
+                dxr[q, c] = total
+
+
+@njit(parallel=True, cache=True)
+def _dw_backward_w(x, dy, part, mult, kd, kh, kw, sd, sh, sw, dd, dh, dw, pd0, ph0, pw0):
+    """Partial weight gradients of `_dw_forward`: part[t, tap, o] sums chunk t of the output rows
+    (n, od, oh). part: T×(KD·KH·KW)×(C·m), zeroed by the caller. Parallel over chunks."""
+    n_, d_, h_, w_, _ = x.shape
+    _, od_, oh_, ow_, f_ = dy.shape
+    nchunk = part.shape[0]
+    rows = n_ * od_ * oh_
+    for t in prange(nchunk):
+        pt = part[t]
+        xe = np.empty((w_, f_), x.dtype)
+        for r in range(t * rows // nchunk, (t + 1) * rows // nchunk):
+            n = r // (od_ * oh_)
+            od = (r // oh_) % od_
+            oh = r % oh_
+            dyr = dy[n, od, oh]
+            for a in range(kd):
+                i = od * sd - pd0 + a * dd
+                if i < 0 or i >= d_:
+                    continue
+                for bb in range(kh):
+                    j = oh * sh - ph0 + bb * dh
+                    if j < 0 or j >= h_:
+                        continue
+                    xs = _expand(x[n, i, j], mult, xe)
+                    for e in range(kw):
+                        pk = pt[(a * kh + bb) * kw + e]
+                        lo, hi = _span(e * dw - pw0, sw, w_, ow_)
+                        for ow in range(lo, hi):
+                            do, xo = dyr[ow], xs[ow * sw - pw0 + e * dw]
+                            for o in range(f_):
+                                pk[o] += do[o] * xo[o]
+
+
+@njit(parallel=True, cache=True)
+def _local_im2col(x, cols, kd, kh, kw, sd, sh, sw, od_, oh_, ow_):
+    """cols[p, n, ((c·KD + a)·KH + b)·KW + e] = x[n, od·sd + a, oh·sh + b, ow·sw + e, c] with
+    p = (od·OH + oh)·OW + ow (the local weight's (C, KD, KH, KW) order). cols: P×N×K.
+    Parallel over output positions p."""
+    n_, _, _, _, c_ = x.shape
+    for p in prange(od_ * oh_ * ow_):
+        od = p // (oh_ * ow_)
+        oh = (p // ow_) % oh_
+        ow = p % ow_
+        for n in range(n_):
+            for c in range(c_):
+                for a in range(kd):
+                    for b in range(kh):
+                        for e in range(kw):
+                            cols[p, n, ((c * kd + a) * kh + b) * kw + e] = \
+                                x[n, od * sd + a, oh * sh + b, ow * sw + e, c]
+
+
+@njit(parallel=True, cache=True)
+def _local_col2im(dcols, dx, kd, kh, kw, sd, sh, sw, od_, oh_, ow_):
+    """Adjoint of `_local_im2col` into dx: N×D×H×W×C (overwritten). Parallel over images n;
+    each iteration writes only dx[n]."""
+    n_, _, _, _, c_ = dx.shape
+    for n in prange(n_):
+        dxn = dx[n]
+        dxn[:, :, :, :] = 0
+        for p in range(od_ * oh_ * ow_):
+            od = p // (oh_ * ow_)
+            oh = (p // ow_) % oh_
+            ow = p % ow_
+            for c in range(c_):
+                for a in range(kd):
+                    for b in range(kh):
+                        for e in range(kw):
+                            dxn[od * sd + a, oh * sh + b, ow * sw + e, c] += \
+                                dcols[p, n, ((c * kd + a) * kh + b) * kw + e]
+
+
+# ------------------------------------------------------------------------------------ helpers
+
+def _cols(x, kernel, stride, dilation, pad_before, out, groups):
+    """im2col of x: N×D×H×W×C -> G×M×Kg (a scratch buffer, or a view of x for 1×1 convs)."""
+    n, c = x.shape[0], x.shape[-1]
+    m, cg = n * math.prod(out), c // groups
+    if tuple(kernel) == (1, 1, 1) and tuple(stride) == (1, 1, 1) and not any(pad_before) \
+            and tuple(out) == x.shape[1:4]:
+        return x.reshape(m, groups, cg).transpose(1, 0, 2)
+    cols = _buffer("cols", (groups, m, math.prod(kernel) * cg), x.dtype)
+    _im2col(x, cols, *kernel, *stride, *dilation, *pad_before, *out)
+    return cols
+
+
+def _blocks(n, bytes_per_image):
+    """Split n images into near-equal consecutive blocks of about _BLOCK_BYTES of patches each,
+    so that a block's im2col output is still in cache when its GEMM reads it."""
+    nblock = min(n, max(1, -(-n * bytes_per_image // _BLOCK_BYTES)))
+    per = max(1, -(-n // max(1, nblock)))
+    return [(n0, min(n, n0 + per)) for n0 in range(0, n, per)]
+
+
+def _matrix(w, groups):
+    """Conv weight F×Cg×KD×KH×KW -> G×Fg×Kg with columns in `_im2col` order (kd, kh, kw, c)."""
+    f, cg = w.shape[:2]
+    return _c(w.reshape(groups, f // groups, cg, -1).transpose(0, 1, 3, 2)).reshape(
+        groups, f // groups, -1)
+
+
+def _unmatrix(w2, shape):
+    """Inverse of `_matrix`: G×Fg×Kg -> F×Cg×KD×KH×KW (contiguous)."""
+    f, cg, kd, kh, kw = shape
+    return _c(w2.reshape(f, kd, kh, kw, cg).transpose(0, 4, 1, 2, 3))
+
+
+def _gemm_y(cols, w2, y2):
+    """y2[:, group g] = cols[g] · w2[g]ᵀ.  cols: G×M×Kg, w2: G×Fg×Kg, y2: M×F."""
+    fg = w2.shape[1]
+    for g in range(w2.shape[0]):
+        np.matmul(cols[g], w2[g].T, out=y2[:, g * fg:(g + 1) * fg])
+
+
+def _gemm_dwt(cols, dy2, dwt):
+    """dwt[g] += cols[g]ᵀ · dY[:, group g] (the transposed weight gradient, G×Kg×Fg).
+
+    The long M axis is contracted this way round because OpenBLAS's two threads stay fast
+    then when another process shares the cores (dYᵀ · cols measured up to 60x slower)."""
+    fg = dwt.shape[2]
+    for g in range(dwt.shape[0]):
+        dwt[g] += np.matmul(cols[g].T, dy2[:, g * fg:(g + 1) * fg])
+
+
+def _conv_y(x, w2, geometry, y2):
+    """y2 = im2col(x) · W2ᵀ, one block of images at a time. geometry = (kernel, stride,
+    dilation, pad_before, out); y2: (N·OD·OH·OW)×F."""
+    ng, _, kg = w2.shape
+    p = math.prod(geometry[-1])
+    for n0, n1 in _blocks(x.shape[0], p * ng * kg * x.itemsize):
+        _gemm_y(_cols(x[n0:n1], *geometry, ng), w2, y2[n0 * p:n1 * p])
+
+
+def _conv_dwt(x, dy2, w2, geometry, dx):
+    """Backward of `_conv_y`: returns dW transposed (G×Kg×Fg); if dx is given, fills it with
+    col2im(dY · W2). Block by block: im2col, dWᵀ += colsᵀ·dY, dcols = dY·W2, col2im."""
+    ng, fg, kg = w2.shape
+    p = math.prod(geometry[-1])
+    dwt = np.zeros((ng, kg, fg), x.dtype)
+    for n0, n1 in _blocks(x.shape[0], p * ng * kg * x.itemsize):
+        dyb = dy2[n0 * p:n1 * p]
+        _gemm_dwt(_cols(x[n0:n1], *geometry, ng), dyb, dwt)
+        if dx is not None:
+            _col2im_gemm(dyb, w2, geometry, dx[n0:n1])
+    return dwt
+
+
+def _col2im_gemm(dy2, w2, geometry, dx):
+    """dx = col2im(dY · W2) for dy2: (n·OD·OH·OW)×F and dx: n×D×H×W×C (whole images)."""
+    ng, fg, kg = w2.shape
+    kernel, stride, dilation, pad_before, out = geometry
+    dcols = _buffer("dcols", (ng, dy2.shape[0], kg), dx.dtype)
+    for g in range(ng):
+        np.matmul(dy2[:, g * fg:(g + 1) * fg], w2[g], out=dcols[g])
+    _col2im(dcols, dx, *kernel, *stride, *dilation, *pad_before, *out)
+
+
+def _add_bias(y2, b):
+    if b is not None:
+        _add_rows(y2, _c(b, y2.dtype))
+
+
+def _sum_rows(a2):
+    """Column sums of a2: M×F, accumulated in float64 (deterministic chunking)."""
+    return _row_sums(a2, max(1, min(64, a2.shape[0]))).sum(axis=0).astype(a2.dtype)
+
+
+def _is_depthwise(x, w, groups):
+    return groups > 1 and groups == x.shape[-1] and w.shape[1] == 1
+
+
+# --------------------------------------------------------------------------------------- conv
+
+def conv_forward(x, w, b, stride, dilation, pad_before, pad_after, groups):
+    """Convolution (cross-correlation) with zero padding, possibly asymmetric.
+
+    x: N×D×H×W×C, w: F×(C/groups)×KD×KH×KW, b: (F,) or None -> y: N×OD×OH×OW×F,
+    OD = (D + pb + pa − dd·(KD−1) − 1)//sd + 1 (likewise OH, OW).
+    """
+    x = _c(x)
+    w = _c(w, x.dtype)
+    kernel = w.shape[2:]
+    out = conv_output(x.shape[1:4], kernel, stride, dilation, pad_before, pad_after)
+    if _is_depthwise(x, w, groups):
+        return _depthwise_forward(x, w, b, stride, dilation, pad_before, out)
+    f = w.shape[0]
+    y = np.empty((x.shape[0], *out, f), x.dtype)
+    y2 = y.reshape(-1, f)
+    _conv_y(x, _matrix(w, groups), (kernel, stride, dilation, pad_before, out), y2)
+    _add_bias(y2, b)
+    return y
+
+
+def conv_backward(x, w, dy, stride, dilation, pad_before, pad_after, groups, need_dx=True):
+    """Gradients of `conv_forward` -> (dx: N×D×H×W×C or None, dw: like w, db: (F,)).
+
+    dy: N×OD×OH×OW×F; db is dy summed over N, D, H, W (returned even without a bias).
+    """
+    x = _c(x)
+    w = _c(w, x.dtype)
+    dy = _c(dy, x.dtype)
+    if _is_depthwise(x, w, groups):
+        return _depthwise_backward(x, w, dy, stride, dilation, pad_before, need_dx)
+    dy2 = dy.reshape(-1, w.shape[0])
+    dx = np.empty_like(x) if need_dx else None
+    geometry = (w.shape[2:], stride, dilation, pad_before, dy.shape[1:4])
+    dwt = _conv_dwt(x, dy2, _matrix(w, groups), geometry, dx)
+    dw = _unmatrix(dwt.transpose(0, 2, 1), w.shape)
+    return dx, dw, _sum_rows(dy2)
+
+
+# ----------------------------------------------------------------------------- transposed conv
+
+def convt_output(sizes, kernel, stride, pad, output_pad) -> tuple:
+    """Output sizes of a transposed conv: (in − 1)·s − 2·pad + k + output_pad."""
+    return tuple((n - 1) * s - 2 * p + k + o
+                 for n, k, s, p, o in zip(sizes, kernel, stride, pad, output_pad))
+
+
+def convt_forward(x, w, b, stride, pad, output_pad):
+    """Transposed convolution as PyTorch's ConvTranspose (groups 1, dilation 1).
+
+    x: N×D×H×W×C, w: C×F×KD×KH×KW, b: (F,) or None -> y: N×OD×OH×OW×F with
+    OD = (D − 1)·sd − 2·pd + KD + output_pad_d. It is the adjoint (dx) of the conv with
+    weight w (C outputs from F inputs), stride `stride` and padding `pad` on a y-sized input.
+    """
+    x = _c(x)
+    w = _c(w, x.dtype)
+    kernel, f = w.shape[2:], w.shape[1]
+    out = convt_output(x.shape[1:4], kernel, stride, pad, output_pad)
+    y = np.empty((x.shape[0], *out, f), x.dtype)
+    geometry = (kernel, stride, (1, 1, 1), pad, x.shape[1:4])
+    x2, w2 = x.reshape(-1, x.shape[-1]), _matrix(w, 1)
+    p = math.prod(x.shape[1:4])
+    for n0, n1 in _blocks(x.shape[0], p * w2.shape[2] * x.itemsize):
+        _col2im_gemm(x2[n0 * p:n1 * p], w2, geometry, y[n0:n1])
+    _add_bias(y.reshape(-1, f), b)
+    return y
+
+
+def convt_backward(x, w, dy, stride, pad, output_pad, need_dx=True):
+    """Gradients of `convt_forward` -> (dx: like x or None, dw: C×F×KD×KH×KW, db: (F,))."""
+    x = _c(x)
+    w = _c(w, x.dtype)
+    dy = _c(dy, x.dtype)
+    # the adjoint conv (weight w, input dy, output x-sized): dx is its forward, dw its dW
+    geometry = (w.shape[2:], stride, (1, 1, 1), pad, x.shape[1:4])
+    x2, w2 = x.reshape(-1, x.shape[-1]), _matrix(w, 1)
+    dx = np.empty_like(x) if need_dx else None
+    dwt = np.zeros((1, w2.shape[2], w2.shape[1]), x.dtype)
+    p = math.prod(x.shape[1:4])
+    for n0, n1 in _blocks(x.shape[0], p * w2.shape[2] * x.itemsize):
+        cols = _cols(dy[n0:n1], *geometry, 1)
+        _gemm_dwt(cols, x2[n0 * p:n1 * p], dwt)
+        if need_dx:
+            _gemm_y(cols, w2, dx.reshape(-1, x.shape[-1])[n0 * p:n1 * p])
+    dw = _unmatrix(dwt.transpose(0, 2, 1), w.shape)
+    return dx, dw, _sum_rows(dy.reshape(-1, w.shape[1]))
+
+
+# ------------------------------------------------------------------------------ depthwise conv
+
+def _depthwise_forward(x, w, b, stride, dilation, pad_before, out):
+    """conv_forward for groups = C (w: (C·m)×1×KD×KH×KW), by direct loops."""
+    f = w.shape[0]
+    wt = _c(w.reshape(f, -1).T)
+    bias = np.zeros(f, x.dtype) if b is None else _c(b, x.dtype)
+    y = np.empty((x.shape[0], *out, f), x.dtype)
+    _dw_forward(x, wt, bias, y, f // x.shape[-1], *w.shape[2:], *stride, *dilation,
+                *pad_before)
+    return y
+
+
+def _depthwise_backward(x, w, dy, stride, dilation, pad_before, need_dx):
+    """conv_backward for groups = C; dw from 16 (or fewer) partial sums over output rows."""
+    f = w.shape[0]
+    mult = f // x.shape[-1]
+    geometry = (*w.shape[2:], *stride, *dilation, *pad_before)
+    nchunk = max(1, min(16, dy.shape[0] * dy.shape[1] * dy.shape[2]))
+    part = np.zeros((nchunk, math.prod(w.shape[2:]), f), x.dtype)
+    _dw_backward_w(x, dy, part, mult, *geometry)
+    dw = _c(part.sum(axis=0).T).reshape(w.shape)
+    dx = None
+    if need_dx:
+        dx = np.empty_like(x)
+        _dw_backward_x(dy, _c(w.reshape(f, -1).T), dx, mult, *geometry)
+    return dx, dw, _sum_rows(dy.reshape(-1, f))
+
+
+def depthwise_forward(x, w, b, stride, pad_before, pad_after):
+    """Depthwise conv (groups = C). x: N×D×H×W×C, w: (C·m)×1×KD×KH×KW, b: (C·m,) or None ->
+    y: N×OD×OH×OW×(C·m); output channel o reads input channel o // m (PyTorch's order)."""
+    return conv_forward(x, w, b, stride, (1, 1, 1), pad_before, pad_after, np.shape(x)[-1])
+
+
+def depthwise_backward(x, w, dy, stride, pad_before, pad_after, need_dx=True):
+    """Gradients of `depthwise_forward` -> (dx or None, dw: like w, db: (C·m,))."""
+    return conv_backward(x, w, dy, stride, (1, 1, 1), pad_before, pad_after, np.shape(x)[-1],
+                         need_dx)
+
+
+# ------------------------------------------------------------------------- locally connected
+
+def _local_cols(x, w, stride):
+    od, oh, ow, _, c, kd, kh, kw = w.shape
+    cols = _buffer("cols", (od * oh * ow, x.shape[0], c * kd * kh * kw), x.dtype)
+    _local_im2col(x, cols, kd, kh, kw, *stride, od, oh, ow)
+    return cols
+
+
+def local_forward(x, w, b, stride):
+    """Locally connected layer: a valid conv whose weights differ per output position.
+
+    x: N×D×H×W×C, w: OD×OH×OW×F×C×KD×KH×KW, b: F×OD×OH×OW or None -> y: N×OD×OH×OW×F.
+    """
+    x = _c(x)
+    w = _c(w, x.dtype)
+    od, oh, ow, f = w.shape[:4]
+    p, n = od * oh * ow, x.shape[0]
+    cols = _local_cols(x, w, stride)
+    yp = np.matmul(cols, w.reshape(p, f, -1).transpose(0, 2, 1),
+                   out=_buffer("dcols", (p, n, f), x.dtype))
+    y = np.empty((n, od, oh, ow, f), x.dtype)
+    y.reshape(n, p, f)[...] = yp.transpose(1, 0, 2)
+    if b is not None:
+        y += np.moveaxis(np.asarray(b, dtype=x.dtype), 0, -1)
+    return y
+
+
+def local_backward(x, w, dy, stride, need_dx=True):
+    """Gradients of `local_forward` -> (dx or None, dw: like w, db: F×OD×OH×OW)."""
+    x = _c(x)
+    w = _c(w, x.dtype)
+    dy = _c(dy, x.dtype)
+    od, oh, ow, f = w.shape[:4]
+    p, n = od * oh * ow, x.shape[0]
+    dyp = _c(dy.reshape(n, p, f).transpose(1, 0, 2))
+    cols = _local_cols(x, w, stride)
+    dw = np.matmul(dyp.transpose(0, 2, 1), cols).reshape(w.shape)
+    db = _c(dy.sum(axis=0, dtype=np.float64).reshape(p, f).T.reshape(f, od, oh, ow), x.dtype)
+    dx = None
+    if need_dx:
+        dcols = np.matmul(dyp, w.reshape(p, f, -1),
+                          out=_buffer("dcols", cols.shape, x.dtype))
+        dx = np.empty_like(x)
+        _local_col2im(dcols, dx, *w.shape[5:], *stride, od, oh, ow)
+    return dx, dw, db

@@ -1,0 +1,152 @@
+"""A checked graph as a runnable, differentiable model (LANGUAGE.md §7).
+
+Forward runs the layers in the IR's (topological) order, each op's `forward` returning its
+output and what its backward needs. Backward walks the same order reversed, calls each
+op's `backward`, and adds up the gradients of nodes that fan out (micrograd's scheme).
+Arrays are channels-last as declared: x is (N, *input).
+"""
+
+from __future__ import annotations
+
+import networkx as nx
+import numpy as np
+
+from cnndsl.ops import OPS, Ctx
+
+
+class Model:
+    def __init__(self, graph: nx.DiGraph, seed: int = 0, dtype=np.float32,
+                 backend: str = "numba"):
+        self.graph = graph
+        self.name = graph.graph["name"]
+        self.input_shape = tuple(graph.graph["input_shape"])
+        self.output_name = graph.graph["output"]
+        self.output_shape = tuple(graph.nodes[self.output_name]["shape"])
+        self.dtype = np.dtype(dtype)
+        self.ctx = Ctx(train=False, rng=np.random.default_rng(seed), backend=backend)
+        self.layers = []  # (name, op class, params, geometry, local arrays, inputs)
+        self._params: dict[str, np.ndarray] = {}
+        self._buffers: dict[str, np.ndarray] = {}
+        init_rng = np.random.default_rng(seed)
+        for name, node in graph.nodes(data=True):
+            if node["op"] == "Input":
+                self.input_name = name
+                continue
+            op = OPS[node["op"]]
+            in_shapes = [graph.nodes[i]["shape"] for i in node["inputs"]]
+            local = {}
+            for kind, arrays, store in (
+                    ("param", op.init(node["params"], in_shapes[0], init_rng), self._params),
+                    ("buffer", op.init_buffers(node["params"], in_shapes[0]), self._buffers)):
+                for local_name, array in arrays.items():
+                    array = np.ascontiguousarray(array, dtype=self.dtype)
+                    local[local_name] = array
+                    store[f"{name}.{local_name}"] = array
+            geometry = op.geometry(node["params"], in_shapes)
+            self.layers.append((name, op, node["params"], geometry, local, node["inputs"]))
+        self._consumers = {name: 0 for name in graph.nodes}
+        for *_, inputs in self.layers:
+            for source in inputs:
+                self._consumers[source] += 1
+        last = graph.nodes[self.output_name]
+        # a network ending in Softmax is trained on the logits before it (fused loss)
+        self.logits_name = last["inputs"][0] if last["op"] == "Softmax" else self.output_name
+        self._saved = None
+        self._logits = None
+
+    # ---- parameters -------------------------------------------------------------
+    @property
+    def num_params(self) -> int:
+        return sum(a.size for a in self._params.values())
+
+    def parameters(self) -> dict[str, np.ndarray]:
+        """name -> array, in source order, weight before bias. The arrays themselves:
+        writing into them changes the model."""
+        return dict(self._params)
+
+    def buffers(self) -> dict[str, np.ndarray]:
+        """Non-trained state (BatchNorm running statistics), name -> array."""
+        return dict(self._buffers)
+
+    # ---- forward / backward -----------------------------------------------------
+    def forward(self, x: np.ndarray, train: bool = False) -> np.ndarray:
+        """x: (N, *input) -> (N, *output). `train` uses batch statistics and dropout."""
+        x = self._check_input(x)
+        self.ctx.train = train
+        values = {self.input_name: x}
+        remaining = dict(self._consumers)
+        saved = {}
+        for name, op, params, geometry, local, inputs in self.layers:
+            y, saved[name] = op.forward(params, geometry, local, [values[i] for i in inputs],
+                                        self.ctx)
+            values[name] = y
+            for source in inputs:  # free what no later layer reads
+                remaining[source] -= 1
+                if remaining[source] == 0 and source != self.logits_name:
+                    del values[source]
+        self._saved = saved
+        self._logits = values[self.logits_name]
+        return values[self.output_name]
+
+    def backward(self, gy: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """After a forward: gradient of the input and of every parameter, given dL/dy."""
+        gy = np.ascontiguousarray(gy, dtype=self.dtype)
+        if gy.shape[1:] != self.output_shape:
+            raise ValueError(f"gy must be (N, {', '.join(map(str, self.output_shape))}), "
+                             f"got {gy.shape}")
+        return self._backward({self.output_name: gy})
+
+    def loss_and_grads(self, x: np.ndarray, labels: np.ndarray, train: bool = True):
+        """Mean softmax cross-entropy of integer `labels`, and its gradients.
+
+        Fused and numerically stable: the loss is computed from the logits (the input of
+        a final Softmax, or the output itself if there is none). Returns
+        (loss, probabilities, grads) where grads is name -> array as `parameters()`."""
+        self.forward(x, train=train)
+        logits = self._logits.reshape(self._logits.shape[0], -1)
+        labels = np.asarray(labels, dtype=np.int64)
+        loss, dlogits = self.ctx.kernels("loss").softmax_cross_entropy(logits, labels)
+        probs = self.ctx.kernels("loss").softmax_forward(logits)
+        _, grads = self._backward({self.logits_name: dlogits.reshape(self._logits.shape)})
+        return float(loss), probs, grads
+
+    def _backward(self, seeds: dict) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        if self._saved is None:
+            raise RuntimeError("backward() needs a forward() first")
+        pending = dict(seeds)
+        owned = {}  # node -> True once its gradient is an array we allocated (safe to +=)
+        grads = {}
+        for name, op, params, geometry, local, inputs in reversed(self.layers):
+            dy = pending.pop(name, None)
+            if dy is None:
+                continue  # not on a path to the seeds (e.g. the Softmax behind the logits)
+            dxs, dws = op.backward(params, geometry, local, self._saved[name], dy, self.ctx)
+            for local_name, grad in dws.items():
+                grads[f"{name}.{local_name}"] = grad.astype(self.dtype, copy=False)
+            for source, dx in zip(inputs, dxs):
+                if source not in pending:
+                    pending[source] = dx
+                elif owned.get(source):
+                    pending[source] += dx
+                else:  # fan-out: sum into a new array, never into one an op may share
+                    pending[source] = pending[source] + dx
+                    owned[source] = True
+        ordered = {}
+        for name, array in self._params.items():
+            grad = grads.get(name)
+            ordered[name] = grad if grad is not None else np.zeros_like(array)
+        return pending.get(self.input_name), ordered
+
+    def _check_input(self, x) -> np.ndarray:
+        x = np.asarray(x)
+        if x.ndim != len(self.input_shape) + 1 or x.shape[1:] != self.input_shape:
+            expected = ", ".join(map(str, self.input_shape))
+            raise ValueError(f"{self.name} takes input of shape (N, {expected}), got "
+                             f"{tuple(x.shape)}")
+        return np.ascontiguousarray(x, dtype=self.dtype)
+
+    def __repr__(self) -> str:
+        return (f"<cnndsl.Model {self.name}: {self.input_shape} -> {self.output_shape}, "
+                f"{self.num_params:,} parameters, {len(self.layers)} layers>")
+
+

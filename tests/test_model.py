@@ -1,0 +1,255 @@
+"""The compiled model (LANGUAGE.md §7): API, initialisation, and reverse-mode autodiff
+checked by float64 central differences and against PyTorch on multi-branch networks."""
+
+import numpy as np
+import pytest
+from conftest import EXAMPLES
+
+import cnndsl
+from cnndsl.model import Model
+from cnndsl.ops import OPS, user_op_names
+
+# one small network per layer kind (a layer, then FC so every output matters)
+LAYER_CASES = {
+    "Conv": ("7x7x3", "Conv(4, 3, stride=2, pad=same, dilation=1, groups=1)"),
+    "ConvT": ("4x4x3", "ConvT(4, 3, stride=2, pad=1, output_pad=1)"),
+    "DepthwiseConv": ("7x7x3", "DepthwiseConv(3, stride=2, multiplier=2)"),
+    "SeparableConv": ("6x6x3", "SeparableConv(4, 3)"),
+    "LocalConv": ("6x6x2", "LocalConv(3, 3, stride=1)"),
+    "MaxPool": ("7x7x3", "MaxPool(3, 2, pad=1)"),
+    "AvgPool": ("7x7x3", "AvgPool(3, 2, pad=1)"),
+    "L2Pool": ("6x6x3", "L2Pool(2)"),
+    "GlobalAvgPool": ("5x5x3", "GlobalAvgPool"),
+    "GlobalMaxPool": ("5x5x3", "GlobalMaxPool"),
+    "Flatten": ("3x4x2", "Flatten"),
+    "FC": ("3x4x2", "FC(5)"),
+    "ReLU": ("5x5x3", "ReLU"),
+    "LeakyReLU": ("5x5x3", "LeakyReLU(0.1)"),
+    "Sigmoid": ("5x5x3", "Sigmoid"),
+    "Tanh": ("5x5x3", "Tanh"),
+    "Softmax": ("5x5x3", "Softmax"),
+    "BatchNorm": ("5x5x3", "BatchNorm"),
+    "Dropout": ("5x5x3", "Dropout(0.3)"),
+    "Identity": ("5x5x3", "Identity"),
+}
+
+BRANCHY = """
+input 8x8x3
+def res(c) = { Identity + Conv(c, 3, bias=false) -> BatchNorm -> ReLU -> Conv(c, 3) } -> ReLU
+Conv(4, 3) -> res(4)
+  -> { Conv(2, 1) | Conv(3, 3) -> LeakyReLU(0.2) | MaxPool(3, 1, pad=1) -> Conv(2, 1) }
+  -> { Identity | BatchNorm -> Conv(3, 3, stride=1) }
+  -> AvgPool(2) -> { Identity + DepthwiseConv(3) } -> FC(6) -> Tanh -> FC(4) -> Softmax
+"""
+
+
+def model_of(text, dtype=np.float64, seed=0, backend="numba"):
+    return Model(cnndsl.check_text(text), seed=seed, dtype=dtype, backend=backend)
+
+
+def test_every_layer_kind_is_covered():
+    canonical = sorted({OPS[name].name for name in user_op_names()})
+    assert sorted(LAYER_CASES) == canonical
+
+
+# ---- the API ----------------------------------------------------------------------------
+def test_compile_and_load():
+    text = (EXAMPLES / "lenet5.cnn").read_text()
+    model = cnndsl.compile(text)
+    assert model.input_shape == (32, 32, 1) and model.output_shape == (10,)
+    assert model.num_params == 61_706
+    loaded = cnndsl.load(str(EXAMPLES / "lecture.cnn"), k=3)
+    assert sum(name.endswith(".weight") and name.startswith("conv")
+               for name in loaded.parameters()) == 6
+
+
+@pytest.mark.parametrize("name", ["resnet18.cnn", "googlenet.cnn", "densenet121.cnn",
+                                  "mobilenet_v1.cnn", "m5_audio_1d.cnn", "voxnet_3d.cnn"])
+def test_num_params_equals_check(name):
+    graph = cnndsl.check_file(str(EXAMPLES / name))
+    model = Model(graph)
+    assert model.num_params == sum(n["params_count"] for n in graph.nodes.values())
+
+
+def test_parameters_in_source_order_weight_before_bias_and_writable():
+    model = model_of("input 6x6x2\n{ a: Conv(3, 3) | b: Conv(2, 1, bias=false) } -> "
+                     "BatchNorm -> FC(4)", dtype=np.float32)
+    names = list(model.parameters())
+    assert names == ["a.weight", "a.bias", "b.weight", "batchnorm1.weight",
+                     "batchnorm1.bias", "fc1.weight", "fc1.bias"]
+    assert list(model.buffers()) == ["batchnorm1.running_mean", "batchnorm1.running_var"]
+    x = np.random.default_rng(0).normal(size=(2, 6, 6, 2)).astype(np.float32)
+    before = model.forward(x)
+    model.parameters()["fc1.bias"][:] += 1.0  # a writable view: the model changes
+    assert np.allclose(model.forward(x), before + 1.0, atol=1e-6)
+
+
+def test_initialisation_is_pytorch_default_and_seeded():
+    model = model_of("input 16x16x8\nConv(32, 3) -> FC(100)", dtype=np.float32, seed=1)
+    weight = model.parameters()["conv1.weight"]
+    bound = 1 / np.sqrt(8 * 9)
+    assert np.abs(weight).max() <= bound and np.abs(weight).max() > 0.95 * bound
+    assert abs(weight.std() - bound / np.sqrt(3)) < 0.05 * bound  # uniform's std
+    fc = model.parameters()["fc1.weight"]
+    assert np.abs(fc).max() <= 1 / np.sqrt(16 * 16 * 32)
+    again = model_of("input 16x16x8\nConv(32, 3) -> FC(100)", dtype=np.float32, seed=1)
+    assert all(np.array_equal(a, b) for a, b in zip(model.parameters().values(),
+                                                     again.parameters().values()))
+    other = model_of("input 16x16x8\nConv(32, 3) -> FC(100)", dtype=np.float32, seed=2)
+    assert not np.array_equal(weight, other.parameters()["conv1.weight"])
+
+
+def test_bad_input_shape_is_a_clear_error():
+    model = model_of("input 6x6x2\nConv(3)", dtype=np.float32)
+    with pytest.raises(ValueError, match=r"takes input of shape \(N, 6, 6, 2\)"):
+        model.forward(np.zeros((1, 6, 6, 3), np.float32))
+
+
+# ---- gradients by central differences ------------------------------------------------------
+def numeric_gradcheck(model, x, train, coordinates=6, seed=0):
+    """Compare backward() with central differences of L = sum(y * r), float64."""
+    rng = np.random.default_rng(seed)
+    r = None
+
+    def loss():
+        model.ctx.rng = np.random.default_rng(123)  # the same dropout mask every call
+        y = model.forward(x, train=train)
+        return float(np.sum(y * r))
+
+    model.ctx.rng = np.random.default_rng(123)
+    y = model.forward(x, train=train)
+    r = rng.normal(size=y.shape)
+    gx, grads = model.backward(r)
+    eps = 1e-6
+    arrays = {"input": (x, gx), **{n: (model.parameters()[n], grads[n]) for n in grads}}
+    for name, (array, analytic) in arrays.items():
+        assert analytic.shape == array.shape, name
+        flat = array.reshape(-1)
+        for index in rng.choice(flat.size, size=min(coordinates, flat.size), replace=False):
+            saved = flat[index]
+            flat[index] = saved + eps
+            up = loss()
+            flat[index] = saved - eps
+            down = loss()
+            flat[index] = saved
+            numeric = (up - down) / (2 * eps)
+            got = analytic.reshape(-1)[index]
+            assert abs(got - numeric) <= 1e-5 + 1e-4 * abs(numeric), (name, index, got, numeric)
+
+
+@pytest.mark.parametrize("backend", ["numba", "reference"])
+@pytest.mark.parametrize("op_name", sorted(LAYER_CASES))
+def test_gradcheck_every_layer(op_name, backend):
+    shape, layer = LAYER_CASES[op_name]
+    model = model_of(f"input {shape}\n{layer} -> FC(3)", backend=backend)
+    dims = [int(d) for d in shape.split("x")]
+    x = np.random.default_rng(1).normal(size=(3, *dims))
+    for train in (True, False):
+        numeric_gradcheck(model, x, train)
+
+
+def test_gradcheck_multi_branch_network():
+    model = model_of(BRANCHY)
+    x = np.random.default_rng(2).normal(size=(2, 8, 8, 3))
+    numeric_gradcheck(model, x, train=True, coordinates=4)
+    numeric_gradcheck(model, x, train=False, coordinates=4)
+
+
+@pytest.mark.parametrize("rank_input", ["20x3", "9x10x3", "6x7x8x2"])
+def test_gradcheck_1d_2d_3d(rank_input):
+    text = (f"input {rank_input}\nConv(4, 3, stride=2) -> BatchNorm -> ReLU -> "
+            "{ Identity | MaxPool(3, 1, pad=1) } -> AvgPool(2, 1) -> Conv(2, 1, pad=valid)"
+            " -> GlobalAvgPool -> FC(3)")
+    model = model_of(text)
+    dims = [int(d) for d in rank_input.split("x")]
+    numeric_gradcheck(model, np.random.default_rng(3).normal(size=(2, *dims)), train=True)
+
+
+def test_numba_equals_reference_backend():
+    x = np.random.default_rng(4).normal(size=(2, 8, 8, 3))
+    fast, slow = model_of(BRANCHY), model_of(BRANCHY, backend="reference")
+    r = np.random.default_rng(5).normal(size=(2, 4))
+    y_fast, y_slow = fast.forward(x, train=True), slow.forward(x, train=True)
+    assert np.allclose(y_fast, y_slow, rtol=1e-10, atol=1e-12)
+    gx_fast, g_fast = fast.backward(r)
+    gx_slow, g_slow = slow.backward(r)
+    assert np.allclose(gx_fast, gx_slow, rtol=1e-9, atol=1e-12)
+    for name in g_fast:
+        assert np.allclose(g_fast[name], g_slow[name], rtol=1e-9, atol=1e-12), name
+
+
+# ---- against PyTorch ------------------------------------------------------------------------
+def relative_error(a, b):
+    return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-12))
+
+
+@pytest.mark.parametrize("train", [True, False])
+@pytest.mark.parametrize("text", [BRANCHY, (EXAMPLES / "mnist_pytorch.cnn").read_text()],
+                         ids=["branchy", "mnist_pytorch"])
+def test_forward_and_gradients_match_pytorch(text, train):
+    torch = pytest.importorskip("torch")
+    from torch_reference import to_numpy_channels_last, torch_forward
+
+    model = model_of(text, dtype=np.float32, seed=3)
+    if not train:  # make the running statistics non-trivial first
+        model.forward(np.random.default_rng(6).normal(size=(4, *model.input_shape)),
+                      train=True)
+    x = np.random.default_rng(7).normal(size=(4, *model.input_shape)).astype(np.float32)
+    has_dropout = any(op.name == "Dropout" for _, op, *_ in model.layers)
+    if has_dropout and train:
+        pytest.skip("dropout masks differ between engines; compared in eval mode")
+    y = model.forward(x, train=train)
+    r = np.random.default_rng(8).normal(size=y.shape).astype(np.float32)
+    gx, grads = model.backward(r)
+    y_t, x_t, leaves = torch_forward(model, x, train=train)
+    (y_t * torch.from_numpy(_to_torch_layout(r)).double()).sum().backward()
+    assert relative_error(y, to_numpy_channels_last(y_t)) < 1e-4
+    assert relative_error(gx, to_numpy_channels_last(x_t.grad)) < 1e-4
+    for name, leaf in leaves.items():
+        assert relative_error(grads[name], leaf.grad.numpy()) < 1e-4, name
+
+
+def _to_torch_layout(r):
+    return np.ascontiguousarray(np.moveaxis(r, -1, 1)) if r.ndim > 2 else r
+
+
+def test_loss_matches_pytorch_cross_entropy():
+    torch = pytest.importorskip("torch")
+    from torch_reference import torch_forward
+
+    model = model_of((EXAMPLES / "lenet5.cnn").read_text(), dtype=np.float32, seed=4)
+    x = np.random.default_rng(9).normal(size=(5, 32, 32, 1)).astype(np.float32)
+    labels = np.array([0, 3, 9, 3, 1])
+    loss, probs, grads = model.loss_and_grads(x, labels)
+    model_eval_logits, _, leaves = torch_forward(model, x, train=True)
+    # torch_forward ends in Softmax: take the logits node's value instead
+    logits = torch.log(model_eval_logits)
+    torch_loss = torch.nn.functional.nll_loss(logits, torch.from_numpy(labels))
+    torch_loss.backward()
+    assert abs(loss - torch_loss.item()) < 1e-5
+    assert np.allclose(probs.sum(axis=1), 1, atol=1e-6)
+    for name, leaf in leaves.items():
+        assert relative_error(grads[name], leaf.grad.numpy()) < 1e-4, name
+
+
+# ---- the lecture's worked example through the API ------------------------------------------
+def test_lecture_5x5_image_with_3x3_kernel():
+    image = np.arange(25, dtype=np.float32).reshape(1, 5, 5, 1)
+    kernel = np.array([[1, 0, -1], [1, 0, -1], [1, 0, -1]], np.float32)
+    for pad, expected_size in (("valid", 3), ("same", 5)):
+        model = cnndsl.compile(f"input 5x5x1\nConv(1, 3x3, pad={pad})")
+        model.parameters()["conv1.weight"][0, 0] = kernel
+        model.parameters()["conv1.bias"][:] = 0
+        y = model.forward(image)[0, :, :, 0]
+        assert y.shape == (expected_size, expected_size)
+        # cross-correlation: left column minus right column, 3 rows: -2 * 3 = -6 inside
+        interior = y if pad == "valid" else y[1:-1, 1:-1]
+        assert np.allclose(interior, -6.0)
+
+
+@pytest.mark.nojit
+def test_tiny_network_gradcheck_runs_without_jit_too():
+    model = model_of("input 5x5x2\nConv(2, 3) -> BatchNorm -> ReLU -> MaxPool(2) -> FC(3) -> "
+                     "Softmax")
+    numeric_gradcheck(model, np.random.default_rng(10).normal(size=(2, 5, 5, 2)), train=True,
+                      coordinates=3)
