@@ -107,10 +107,11 @@ class Model:
         labels = np.asarray(labels, dtype=np.int64)
         loss, dlogits = self.ctx.kernels("loss").softmax_cross_entropy(logits, labels)
         probs = self.ctx.kernels("loss").softmax_forward(logits)
-        _, grads = self._backward({self.logits_name: dlogits.reshape(self._logits.shape)})
+        _, grads = self._backward({self.logits_name: dlogits.reshape(self._logits.shape)},
+                                  need_input_grad=False)
         return float(loss), probs, grads
 
-    def _backward(self, seeds: dict) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    def _backward(self, seeds: dict, need_input_grad: bool = True):
         if self._saved is None:
             raise RuntimeError("backward() needs a forward() first")
         pending = dict(seeds)
@@ -120,10 +121,13 @@ class Model:
             dy = pending.pop(name, None)
             if dy is None:
                 continue  # not on a path to the seeds (e.g. the Softmax behind the logits)
+            self.ctx.need_dx = need_input_grad or any(i != self.input_name for i in inputs)
             dxs, dws = op.backward(params, geometry, local, self._saved[name], dy, self.ctx)
             for local_name, grad in dws.items():
                 grads[f"{name}.{local_name}"] = grad.astype(self.dtype, copy=False)
             for source, dx in zip(inputs, dxs):
+                if dx is None or (source == self.input_name and not need_input_grad):
+                    continue
                 if source not in pending:
                     pending[source] = dx
                 elif owned.get(source):
@@ -135,6 +139,7 @@ class Model:
         for name, array in self._params.items():
             grad = grads.get(name)
             ordered[name] = grad if grad is not None else np.zeros_like(array)
+        self.ctx.need_dx = True
         return pending.get(self.input_name), ordered
 
     def _check_input(self, x) -> np.ndarray:

@@ -49,6 +49,9 @@ class Ctx:
     rng: np.random.Generator = field(default_factory=lambda: np.random.default_rng(0))
     #: "numba" (cnndsl/kernels/*.py) or "reference" (their NumPy twins)
     backend: str = "numba"
+    #: False while running the backward of a layer whose input gradient nobody needs
+    #: (it reads the network's input): ops may then return None for dx and save work
+    need_dx: bool = True
 
     def kernels(self, family: str):
         """The kernel module of a family ("conv", "pool", ...) for this backend."""

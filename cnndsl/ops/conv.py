@@ -28,6 +28,10 @@ def _from5d(y, x):
     return from5d(y, x.ndim - 2)
 
 
+def _maybe_from5d(dx, x):
+    return None if dx is None else _from5d(dx, x)
+
+
 def _w5d(w):
     from cnndsl.kernels import weight5d
 
@@ -127,8 +131,8 @@ class Conv(Op):
     def backward(p, g, w, x, dy, ctx):
         dx, dw, db = ctx.kernels("conv").conv_backward(
             _as5d(x), _w5d(w["weight"]), _as5d(dy), g["stride"], g["dilation"],
-            g["pad_before"], g["pad_after"], p.groups)
-        return [_from5d(dx, x)], _grads(w, dw, db, p.bias)
+            g["pad_before"], g["pad_after"], p.groups, need_dx=ctx.need_dx)
+        return [_maybe_from5d(dx, x)], _grads(w, dw, db, p.bias)
 
     @staticmethod
     def describe(p):
@@ -211,8 +215,9 @@ class ConvT(Op):
     @staticmethod
     def backward(p, g, w, x, dy, ctx):
         dx, dw, db = ctx.kernels("conv").convt_backward(
-            _as5d(x), _w5d(w["weight"]), _as5d(dy), g["stride"], g["pad"], g["output_pad"])
-        return [_from5d(dx, x)], _grads(w, dw, db, p.bias)
+            _as5d(x), _w5d(w["weight"]), _as5d(dy), g["stride"], g["pad"], g["output_pad"],
+            need_dx=ctx.need_dx)
+        return [_maybe_from5d(dx, x)], _grads(w, dw, db, p.bias)
 
     @staticmethod
     def describe(p):
@@ -277,8 +282,8 @@ class DepthwiseConv(Op):
     def backward(p, g, w, x, dy, ctx):
         dx, dw, db = ctx.kernels("conv").depthwise_backward(
             _as5d(x), _w5d(w["weight"]), _as5d(dy), g["stride"], g["pad_before"],
-            g["pad_after"])
-        return [_from5d(dx, x)], _grads(w, dw, db, p.bias)
+            g["pad_after"], need_dx=ctx.need_dx)
+        return [_maybe_from5d(dx, x)], _grads(w, dw, db, p.bias)
 
     @staticmethod
     def describe(p):
@@ -432,8 +437,9 @@ class LocalConv(Op):
     @staticmethod
     def backward(p, g, w, x, dy, ctx):
         dx, dw, db = ctx.kernels("conv").local_backward(
-            _as5d(x), w["weight"].reshape(g["w5"]), _as5d(dy), g["stride"])
-        return [_from5d(dx, x)], _grads(w, dw, db, p.bias)
+            _as5d(x), w["weight"].reshape(g["w5"]), _as5d(dy), g["stride"],
+            need_dx=ctx.need_dx)
+        return [_maybe_from5d(dx, x)], _grads(w, dw, db, p.bias)
 
     @staticmethod
     def describe(p):
