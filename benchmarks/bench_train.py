@@ -22,6 +22,10 @@ import subprocess
 import sys
 import time
 
+# the environment as given, before `import cnndsl` adds its thread defaults to os.environ:
+# each engine's process starts from it (PyTorch must not inherit cnndsl's OpenMP settings)
+ENV = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
+
 NETS = {
     "A": ("input 28x28x1\nConv(10, 5, pad=valid) -> ReLU -> MaxPool(2) -> Conv(20, 5, pad=valid)"
           " -> ReLU -> MaxPool(2) -> FC(50) -> ReLU -> FC(10) -> Softmax"),
@@ -69,9 +73,10 @@ def timed(step, count: int, warmup: int = 3) -> float:
 
 
 def run_cnndsl(net: str, mode: str) -> dict:
-    import numpy as np
-
-    import cnndsl
+    # cnndsl first, as the CLI does: its thread defaults (cnndsl/__init__.py) must be in the
+    # environment before numpy loads OpenBLAS
+    import cnndsl  # isort: skip
+    import numpy as np  # isort: skip
     from cnndsl.optim import SGD
 
     start = time.perf_counter()
@@ -130,10 +135,8 @@ def run_torch(net: str, mode: str, layout: str) -> dict:
 
 
 def measure(engine: str, net: str, mode: str, layout: str = "") -> dict | None:
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
     command = [sys.executable, __file__, "--one", engine, net, mode, layout]
-    result = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+    result = subprocess.run(command, capture_output=True, text=True, env=ENV, check=False)
     if result.returncode != 0:
         print(f"  ({engine} {net} {mode} {layout} failed: {result.stderr.strip()[-300:]})")
         return None
