@@ -152,7 +152,20 @@ class BodyStmt:
     span: Span
 
 
-Statement = NetworkStmt | InputStmt | LetStmt | DefStmt | BodyStmt
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    value: Expr
+    span: Span
+
+
+@dataclass(frozen=True)
+class TrainStmt:
+    settings: tuple[Setting, ...]
+    span: Span
+
+
+Statement = NetworkStmt | InputStmt | LetStmt | DefStmt | TrainStmt | BodyStmt
 
 
 @dataclass(frozen=True)

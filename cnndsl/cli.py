@@ -67,7 +67,58 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--rankdir", choices=("TB", "LR"), default="TB",
                         help="top to bottom (default) or left to right")
     render.set_defaults(run=run_render)
+
+    train = commands.add_parser(
+        "train", help="train a network on a dataset, with a progress bar and checkpoints",
+        description="Train FILE's network. Settings come from the defaults, then the file's "
+                    "train { ... } block, then these flags.")
+    add_file_arguments(train)
+    train.add_argument("--data", default="fashion-mnist",
+                       help="fashion-mnist, mnist, a folder of IDX files or of images per "
+                            "class, or an .npz file (default: fashion-mnist)")
+    train.add_argument("-o", "--output", metavar="W.npz",
+                       help="weights file (default: FILE's name with .npz, here)")
+    train.add_argument("--resume", action="store_true",
+                       help="continue the run saved in the weights file exactly")
+    train.add_argument("--overwrite", action="store_true",
+                       help="start afresh even if the weights file exists")
+    for flag, kind, text in TRAIN_FLAGS:
+        train.add_argument(f"--{flag.replace('_', '-')}", dest=flag, type=kind, help=text)
+    train.add_argument("--nesterov", action="store_true", default=None,
+                       help="Nesterov momentum (sgd)")
+    train.add_argument("--limit", type=int, metavar="N",
+                       help="train on a seeded random N of the training images (quick runs)")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.set_defaults(run=run_train)
+
+    evaluate = commands.add_parser("eval", help="accuracy, per-class accuracy and confusion "
+                                                "matrix of trained weights on a test set")
+    add_file_arguments(evaluate)
+    evaluate.add_argument("--weights", required=True, metavar="W.npz")
+    evaluate.add_argument("--data", help="dataset (default: the one it was trained on)")
+    evaluate.set_defaults(run=run_eval)
+
+    predict = commands.add_parser("predict", help="classify image files (PNG/JPEG)")
+    add_file_arguments(predict)
+    predict.add_argument("--weights", required=True, metavar="W.npz")
+    predict.add_argument("images", nargs="+", metavar="IMAGE")
+    predict.add_argument("--top", type=int, default=3, help="classes shown per image")
+    predict.set_defaults(run=run_predict)
     return parser
+
+
+TRAIN_FLAGS = [
+    ("epochs", int, "number of epochs"), ("batch", int, "batch size"),
+    ("lr", float, "learning rate (default 0.001 for adam/adamw, 0.01 for sgd)"),
+    ("optimizer", str, "sgd, adam or adamw (default adam)"),
+    ("momentum", float, "SGD momentum (default 0.9)"),
+    ("weight_decay", float, "L2 penalty (sgd, adam) or decoupled decay (adamw)"),
+    ("schedule", str, "learning-rate schedule per epoch: none, step or cosine"),
+    ("step_size", int, "step schedule: epochs between decays (default 2)"),
+    ("gamma", float, "step schedule: decay factor (default 0.1)"),
+    ("seed", int, "seed of initial weights, shuffling and dropout (default 0)"),
+    ("val", float, "fraction of training images held out for validation (default 0.1)"),
+]
 
 
 class Loaded:
@@ -150,6 +201,136 @@ def _usage_error(message: str):
     raise SystemExit(2)
 
 
+def run_train(args, context: dict) -> int:
+    from pathlib import Path
+
+    import numpy as np
+
+    from cnndsl.data import check_against, load_dataset, split_validation
+    from cnndsl.model import Model
+    from cnndsl.parser import parse
+    from cnndsl.train import Interrupted, Trainer, metrics_paths
+    from cnndsl.trainconfig import convert, from_program
+
+    context["path"] = args.file
+    loaded = Loaded(args)
+    config = from_program(parse(loaded.text), loaded.bindings)
+    for flag in [f for f, _, _ in TRAIN_FLAGS] + ["nesterov"]:
+        value = getattr(args, flag)
+        if value is not None:
+            try:
+                setattr(config, flag, convert(flag, value))
+            except ValueError as error:
+                _usage_error(f"--{flag.replace('_', '-')}: {error}")
+    out = args.output or f"{Path(args.file).stem}.npz"
+    if Path(out).exists() and not (args.resume or args.overwrite):
+        print(f"cnndsl: error: '{out}' exists; it may hold a run's weights\n"
+              "hint: --resume continues it, --overwrite starts afresh, -o names another file",
+              file=sys.stderr)
+        return 1
+    if args.resume and not Path(out).exists():
+        print(f"cnndsl: error: --resume: '{out}' does not exist\n"
+              "hint: name the weights file to continue with -o", file=sys.stderr)
+        return 1
+
+    data = load_dataset(args.data)
+    model = Model(loaded.graph, seed=config.seed)
+    for warning in check_against(data, model.input_shape, model.output_shape):
+        print(f"cnndsl: warning: {warning}", file=sys.stderr)
+    x_train, y_train = data.x_train, data.y_train
+    if args.limit:
+        keep = np.random.default_rng(config.seed).permutation(len(x_train))[:args.limit]
+        x_train, y_train = x_train[np.sort(keep)], y_train[np.sort(keep)]
+    x_tr, y_tr, x_val, y_val = split_validation(x_train, y_train, config.val, config.seed)
+    meta = {"architecture": loaded.text, "bindings": loaded.bindings, "name": model.name,
+            "classes": list(data.classes), "data": args.data,
+            "input_shape": list(model.input_shape)}
+    trainer = Trainer(model, config, (x_tr, y_tr, x_val, y_val, data.x_test, data.y_test),
+                      out, meta, progress_bar=not args.no_progress and sys.stderr.isatty(),
+                      log=lambda line: print(line, flush=True))
+    if args.resume:
+        trainer.resume(out)
+        print(f"resuming {out}: {trainer.state.epoch} of {config.epochs} epochs done"
+              + (f", batch {trainer.state.step} of the next" if trainer.state.step else ""))
+    print(f"training {model.name} ({model.num_params:,} parameters) on {data.source}: "
+          f"{len(x_tr):,} images, {len(x_val):,} held out, {config.epochs} epochs, "
+          f"{config.optimizer} lr {config.learning_rate:g}, batch {config.batch}, "
+          f"seed {config.seed}", flush=True)
+    try:
+        state = trainer.run()
+    except Interrupted:
+        print(f"\ninterrupted: saved to {out} (epoch {trainer.state.epoch + 1}, batch "
+              f"{trainer.state.step}); continue with: cnndsl train {args.file} -o {out} "
+              "--resume", file=sys.stderr)
+        return 130
+    paths = metrics_paths(out)
+    if state.test:
+        print(f"test accuracy {state.test['accuracy']:.4f} (loss {state.test['loss']:.4f}) "
+              f"on {len(data.x_test):,} images")
+    print(f"wrote {out}, {paths['csv']}, {paths['json']}, {paths['png']}")
+    return 0
+
+
+def _trained_model(args):
+    """The model of FILE with the weights of --weights (checked to be its own)."""
+    from cnndsl import checkpoint
+    from cnndsl.model import Model
+
+    loaded = Loaded(args)
+    arrays, meta = checkpoint.load(args.weights)
+    model = Model(loaded.graph)
+    checkpoint.restore_model(model, arrays, args.weights)
+    return model, meta
+
+
+def run_eval(args, context: dict) -> int:
+    from pathlib import Path
+
+    import numpy as np
+
+    from cnndsl.data import check_against, load_dataset
+    from cnndsl.report import confusion_matrix, format_evaluation, plot_confusion
+    from cnndsl.train import predict_proba
+
+    context["path"] = args.file
+    model, meta = _trained_model(args)
+    data = load_dataset(args.data or meta.get("data") or "fashion-mnist")
+    check_against(data, model.input_shape, model.output_shape)
+    probs = np.concatenate([predict_proba(model, data.x_test[i:i + 500])
+                            for i in range(0, len(data.x_test), 500)])
+    predicted = probs.argmax(axis=1)
+    matrix = confusion_matrix(data.y_test, predicted, len(data.classes))
+    print(format_evaluation(matrix, data.classes, source=data.source))
+    picture = f"{Path(args.weights).with_suffix('')}.confusion.png"
+    plot_confusion(matrix, data.classes, picture)
+    print(f"wrote {picture}")
+    return 0
+
+
+def run_predict(args, context: dict) -> int:
+    import numpy as np
+
+    from cnndsl.data import load_images
+    from cnndsl.train import predict_proba
+
+    context["path"] = args.file
+    model, meta = _trained_model(args)
+    images, notes = load_images(args.images, model.input_shape)
+    for note in notes:
+        print(f"cnndsl: note: {note}", file=sys.stderr)
+    probs = predict_proba(model, images)
+    classes = meta.get("classes") or [str(i) for i in range(probs.shape[1])]
+    for path, row in zip(args.images, probs):
+        best = np.argsort(-row)[:max(1, args.top)]
+        shown = ", ".join(f"{_class_name(classes, k)} {row[k]:.3f}" for k in best)
+        print(f"{path}: {shown}")
+    return 0
+
+
+def _class_name(classes, index) -> str:
+    return classes[index] if index < len(classes) else f"output {index}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)  # exits 2 on a usage error
@@ -159,8 +340,11 @@ def main(argv: list[str] | None = None) -> int:
     except CnnDslError as error:
         from cnndsl.source import FileError
 
+        path = context.get("path") or "<input>"
+        if error.span is None and not isinstance(error, FileError):
+            path = "cnndsl"  # data and weights errors name their file in the message
         text = None if isinstance(error, FileError) else _source_for(context.get("path"))
-        print(error.format(text, context.get("path") or "<input>"), file=sys.stderr)
+        print(error.format(text, path), file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("cnndsl: interrupted", file=sys.stderr)

@@ -130,6 +130,14 @@ class AstBuilder(Transformer):
     def def_params(self, meta, children):
         return tuple(c for c in children if c is not None)
 
+    def train_stmt(self, meta, children):
+        return ast.TrainStmt(tuple(c for c in children if isinstance(c, ast.Setting)),
+                             _span(meta))
+
+    def setting(self, meta, children):
+        name, value = children
+        return ast.Setting(str(name), value, _span(meta))
+
     def body_stmt(self, meta, children):
         return ast.BodyStmt(children[0], _span(meta))
 

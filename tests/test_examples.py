@@ -22,6 +22,9 @@ PUBLISHED = {
     "densenet121.cnn": (7_978_856, (1000,)),  # torchvision
     "m5_audio_1d.cnn": (559_114, (10,)),      # M5 (Dai et al.): ~0.5M as published
     "voxnet_3d.cnn": (917_866, (10,)),        # VoxNet on 32^3 grids, 10 classes
+    # our Fashion-MNIST examples (counted by hand: 320 + 18,496 + 401,536 + 1,290)
+    "fashion_small.cnn": (421_642, (10,)),
+    "fashion_2conv.cnn": (870_826, (10,)),
 }
 
 # torchinfo's "Total mult-adds" for the same PyTorch models at batch 1

@@ -1,0 +1,116 @@
+"""Training settings: defaults, the file's optional `train { ... }` block, then flags.
+
+    train { optimizer = sgd, lr = 0.05, momentum = 0.9, epochs = 10, batch = 128 }
+
+Values are numbers, `true`/`false`, or words (`sgd`, `cosine`); `let` names may be used.
+An unknown setting or a bad value is reported at its place in the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, fields
+
+from cnndsl import ast
+from cnndsl.errors import CnnDslError, GraphError, did_you_mean
+from cnndsl.evaluate import Env, evaluate, show
+
+CHOICES = {"optimizer": ("sgd", "adam", "adamw"), "schedule": ("none", "step", "cosine")}
+
+
+@dataclass
+class TrainConfig:
+    optimizer: str = "adam"        # sgd | adam | adamw
+    lr: float | None = None        # None: 0.001 for adam/adamw, 0.01 for sgd
+    momentum: float = 0.9          # sgd only
+    nesterov: bool = False         # sgd only
+    weight_decay: float = 0.0
+    batch: int = 64
+    epochs: int = 5
+    schedule: str = "none"         # none | step | cosine (per epoch)
+    step_size: int = 2             # step schedule: multiply lr by gamma every step_size epochs
+    gamma: float = 0.1
+    seed: int = 0
+    val: float = 0.1               # fraction of the training images held out for validation
+
+    @property
+    def learning_rate(self) -> float:
+        if self.lr is not None:
+            return self.lr
+        return 0.01 if self.optimizer == "sgd" else 0.001
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+KINDS = {f.name: f.type for f in fields(TrainConfig)}
+
+
+def from_program(program: ast.Program, bindings: dict | None = None) -> TrainConfig:
+    """The defaults overridden by the file's `train { ... }` block (if any)."""
+    blocks = [s for s in program.statements if isinstance(s, ast.TrainStmt)]
+    if len(blocks) > 1:
+        raise GraphError("a second 'train' block", blocks[1].span).with_note(
+            "the first one is here", blocks[0].span)
+    config = TrainConfig()
+    if not blocks:
+        return config
+    env = Env(_let_values(program, bindings or {}))
+    seen: dict[str, object] = {}
+    for setting in blocks[0].settings:
+        if setting.name not in KINDS:
+            raise CnnDslError(f"unknown training setting '{setting.name}'", setting.span,
+                              hint=did_you_mean(setting.name, KINDS) or
+                              f"settings: {', '.join(KINDS)}")
+        if setting.name in seen:
+            raise CnnDslError(f"'{setting.name}' is set twice", setting.span)
+        seen[setting.name] = True
+        value = _value(setting, env)
+        try:
+            setattr(config, setting.name, convert(setting.name, value))
+        except ValueError as error:
+            raise CnnDslError(str(error), setting.value.span) from None
+    return config
+
+
+def convert(name: str, value):
+    """Check one setting's value (from the file or a flag); ValueError says why."""
+    kind = KINDS[name]
+    if name in CHOICES:
+        if value not in CHOICES[name]:
+            raise ValueError(f"{name} must be one of {', '.join(CHOICES[name])}, got "
+                             f"{show(value)}")
+        return value
+    if "bool" in kind:
+        if not isinstance(value, bool):
+            raise ValueError(f"{name} must be true or false, got {show(value)}")
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name} must be a number, got {show(value)}")  # noqa: TRY004
+    if kind == "int":
+        if not isinstance(value, int) or value < (0 if name == "seed" else 1):
+            raise ValueError(f"{name} must be a whole number >= "
+                             f"{0 if name == 'seed' else 1}, got {show(value)}")
+        return value
+    if name == "val" and not 0 <= value < 1:
+        raise ValueError(f"val must be a fraction in [0, 1), got {show(value)}")
+    if value < 0 or (name == "lr" and value == 0):
+        raise ValueError(f"{name} must be positive, got {show(value)}")
+    return float(value)
+
+
+def _value(setting: ast.Setting, env: Env):
+    if isinstance(setting.value, ast.Name) and setting.value.id not in env.values and \
+            setting.value.id not in ("true", "false"):
+        return setting.value.id  # a word such as sgd or cosine
+    return evaluate(setting.value, env)
+
+
+def _let_values(program: ast.Program, bindings: dict) -> dict:
+    values = dict(bindings)
+    for statement in program.statements:
+        if isinstance(statement, ast.LetStmt):
+            for binding in statement.bindings:
+                if binding.name not in bindings:
+                    values[binding.name] = evaluate(binding.value, Env(values))
+    return values
