@@ -51,8 +51,31 @@ class Model:
         last = graph.nodes[self.output_name]
         # a network ending in Softmax is trained on the logits before it (fused loss)
         self.logits_name = last["inputs"][0] if last["op"] == "Softmax" else self.output_name
+        self._fuse_activations()
         self._saved = None
+        self._eval_input = None
         self._logits = None
+
+    def _fuse_activations(self) -> None:
+        """The fusion plan, made once: a layer whose op lists an activation in
+        `fusable_activations`, read only by a layer of that activation, computes it itself
+        (geometry["activation"]); the activation layer becomes a pass-through. Saves a pass
+        over the activations each way and one activation-sized array."""
+        index = {name: i for i, (name, *_) in enumerate(self.layers)}
+        for i, (name, op, params, geometry, local, inputs) in enumerate(self.layers):
+            kind = getattr(op, "activation", None)
+            if kind is None or len(inputs) != 1 or inputs[0] not in index:
+                continue
+            source = inputs[0]
+            j = index[source]
+            producer = self.layers[j]
+            if (kind not in getattr(producer[1], "fusable_activations", ())
+                    or self._consumers[source] != 1 or source == self.logits_name
+                    or not isinstance(producer[3], dict) or "activation" in producer[3]):
+                continue
+            self.layers[j] = (*producer[:3], {**producer[3], "activation": kind},
+                              *producer[4:])
+            self.layers[i] = (name, _FusedInto, params, geometry, local, inputs)
 
     # ---- parameters -------------------------------------------------------------
     @property
@@ -70,21 +93,32 @@ class Model:
 
     # ---- forward / backward -----------------------------------------------------
     def forward(self, x: np.ndarray, train: bool = False) -> np.ndarray:
-        """x: (N, *input) -> (N, *output). `train` uses batch statistics and dropout."""
+        """x: (N, *input) -> (N, *output). `train` uses batch statistics and dropout.
+
+        With `train=False` no backward state is kept (each activation is freed once read),
+        only a reference to x: a `backward()` after it runs this forward again, saving."""
         x = self._check_input(x)
+        y = self._run(x, train, save=train)
+        self._eval_input = None if train else x
+        return y
+
+    def _run(self, x: np.ndarray, train: bool, save: bool) -> np.ndarray:
         self.ctx.train = train
         values = {self.input_name: x}
         remaining = dict(self._consumers)
         saved = {}
+        self._saved = None
         for name, op, params, geometry, local, inputs in self.layers:
-            y, saved[name] = op.forward(params, geometry, local, [values[i] for i in inputs],
-                                        self.ctx)
+            y, state = op.forward(params, geometry, local, [values[i] for i in inputs],
+                                  self.ctx)
+            if save:
+                saved[name] = state
             values[name] = y
             for source in inputs:  # free what no later layer reads
                 remaining[source] -= 1
                 if remaining[source] == 0 and source != self.logits_name:
                     del values[source]
-        self._saved = saved
+        self._saved = saved if save else None
         self._logits = values[self.logits_name]
         return values[self.output_name]
 
@@ -102,7 +136,8 @@ class Model:
         Fused and numerically stable: the loss is computed from the logits (the input of
         a final Softmax, or the output itself if there is none). Returns
         (loss, probabilities, grads) where grads is name -> array as `parameters()`."""
-        self.forward(x, train=train)
+        self._run(self._check_input(x), train, save=True)
+        self._eval_input = None
         logits = self._logits.reshape(self._logits.shape[0], -1)
         labels = np.asarray(labels, dtype=np.int64)
         loss, dlogits = self.ctx.kernels("loss").softmax_cross_entropy(logits, labels)
@@ -112,6 +147,8 @@ class Model:
         return float(loss), probs, grads
 
     def _backward(self, seeds: dict, need_input_grad: bool = True):
+        if self._saved is None and self._eval_input is not None:
+            self._run(self._eval_input, train=False, save=True)  # forward(train=False) kept none
         if self._saved is None:
             raise RuntimeError("backward() needs a forward() first")
         pending = dict(seeds)
@@ -155,3 +192,18 @@ class Model:
                 f"{self.num_params:,} parameters, {len(self.layers)} layers>")
 
 
+
+
+class _FusedInto:
+    """Stands in for an activation layer folded into the layer before it (see
+    `Model._fuse_activations`): passes the value and its gradient through."""
+
+    name = "FusedActivation"
+
+    @staticmethod
+    def forward(p, g, w, xs, ctx):
+        return xs[0], None
+
+    @staticmethod
+    def backward(p, g, w, saved, dy, ctx):
+        return [dy], {}

@@ -240,6 +240,41 @@ def test_gradcheck(impl, fam, cfg):
     gradcheck(impl, fwd, bwd, x, w, b, args)
 
 
+@pytest.mark.parametrize("name", ["2d_same", "2d_stride_dil_groups4", "2d_depthwise_m2", "3d",
+                                  "2d_1x1"])
+def test_fused_relu_matches_reference_and_unfused(name):
+    """conv_forward(relu=True) == max(conv, 0); conv_backward(y=...) == backward of the masked
+    dy; Numba == NumPy twin."""
+    x, w, b, args, *_ = setup("conv", name)
+    y = K.conv_forward(x, w, b, *args, relu=True)
+    close(y, R.conv_forward(x, w, b, *args, relu=True), 1e-10)
+    assert np.array_equal(y, np.maximum(K.conv_forward(x, w, b, *args), 0))
+    assert (y > 0).any() and (y == 0).any()
+    dy = randn(np.random.default_rng(3), *y.shape)
+    fused = K.conv_backward(x, w, dy, *args, y=y)
+    close_all(fused, R.conv_backward(x, w, dy, *args, y=y), 1e-10)
+    close_all(fused, K.conv_backward(x, w, np.where(y > 0, dy, 0), *args), 1e-12)
+    dy_before = dy.copy()
+    K.conv_backward(x, w, dy, *args, y=y, need_dx=False)
+    assert np.array_equal(dy, dy_before)  # dy is never masked in place (fan-out shares it)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("cfg", [GRAD_CASES[0][1], GRAD_CASES[1][1]], ids=["1d", "2d_groups2"])
+def test_gradcheck_fused_relu(impl, cfg):
+    x, w, b, args = make_conv(cfg, np.random.default_rng(6))
+    x += 0.3  # fewer outputs right at the kink
+
+    def fwd(x, w, b, *args):
+        return impl.conv_forward(x, w, b, *args, relu=True)
+
+    def bwd(x, w, dy, *args):
+        return impl.conv_backward(x, w, dy, *args, y=fwd(x, w, b, *args))
+
+    ns = type("Fused", (), {"fwd": staticmethod(fwd), "bwd": staticmethod(bwd)})
+    gradcheck(ns, "fwd", "bwd", x, w, b, args)
+
+
 # ------------------------------------------------------------------------------ nojit (tiny)
 
 @pytest.mark.nojit

@@ -178,6 +178,53 @@ def test_numba_equals_reference_backend():
         assert np.allclose(g_fast[name], g_slow[name], rtol=1e-9, atol=1e-12), name
 
 
+FUSED = """
+input 9x9x2
+Conv(4, 3) -> ReLU -> { Conv(3, 3, stride=2) -> ReLU | MaxPool(3, 2, pad=1) -> Conv(3, 1) }
+  -> Conv(5, 3) -> ReLU -> FC(3)
+"""
+
+
+def test_conv_relu_fusion_plan_and_gradients():
+    model = model_of(FUSED)
+    fused = [name for name, op, params, geo, *_ in model.layers
+             if isinstance(geo, dict) and geo.get("activation") == "relu"]
+    assert len(fused) == 3  # every Conv -> ReLU pair; the 1x1 Conv has no ReLU after it
+    x = np.random.default_rng(11).normal(size=(2, 9, 9, 2))
+    numeric_gradcheck(model, x, train=True)
+    numeric_gradcheck(model, x, train=False)
+    slow = model_of(FUSED, backend="reference")
+    assert np.allclose(model.forward(x), slow.forward(x), rtol=1e-10, atol=1e-12)
+    r = np.random.default_rng(12).normal(size=(2, 3))
+    for (gx, g), (gx_slow, g_slow) in [(model.backward(r), slow.backward(r))]:
+        assert np.allclose(gx, gx_slow, rtol=1e-9, atol=1e-12)
+        for name in g:
+            assert np.allclose(g[name], g_slow[name], rtol=1e-9, atol=1e-12), name
+
+
+def test_relu_with_fan_out_or_on_the_output_is_not_fused():
+    model = model_of("input 6x6x2\nConv(3, 3) -> { ReLU | Identity } -> FC(2)")
+    assert not any(isinstance(geo, dict) and "activation" in geo
+                   for _, _, _, geo, *_ in model.layers)
+    ends = model_of("input 6x6x2\nConv(3, 3) -> ReLU")
+    x = np.random.default_rng(13).normal(size=(2, 6, 6, 2))
+    assert np.array_equal(ends.forward(x), np.maximum(ends.forward(x), 0))
+    numeric_gradcheck(ends, x, train=True)
+
+
+def test_inference_keeps_no_backward_state_and_backward_still_works():
+    model = model_of(FUSED)
+    x = np.random.default_rng(14).normal(size=(2, 9, 9, 2))
+    r = np.random.default_rng(15).normal(size=(2, 3))
+    model.forward(x, train=True)
+    gx_train, g_train = model.backward(r)
+    y = model.forward(x, train=False)
+    assert model._saved is None  # nothing kept for backward
+    gx, g = model.backward(r)    # ... which re-runs the forward, saving
+    assert np.array_equal(model.forward(x), y)
+    assert np.allclose(gx, gx_train) and all(np.allclose(g[n], g_train[n]) for n in g)
+
+
 # ---- against PyTorch ------------------------------------------------------------------------
 def relative_error(a, b):
     return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-12))

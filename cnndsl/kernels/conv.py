@@ -153,14 +153,16 @@ def _col2im(dcols, dx, kd, kh, kw, sd, sh, sw, dd, dh, dw, pd0, ph0, pw0, od_, o
 
 
 @njit(parallel=True, cache=True)
-def _add_rows(y2, b):
-    """y2[r, :] += b for every row. y2: M×F. Parallel over row blocks."""
+def _add_rows(y2, b, relu):
+    """y2[r, :] = y2[r, :] + b for every row, then max(·, 0) if `relu` (NaN propagates).
+    y2: M×F. Parallel over row blocks."""
     m, f = y2.shape
     nblock = (m + 255) // 256
     for blk in prange(nblock):
         for r in range(blk * 256, min(m, blk * 256 + 256)):
             for c in range(f):
-                y2[r, c] += b[c]
+                v = y2[r, c] + b[c]
+                y2[r, c] = 0.0 if relu and v < 0 else v
 
 
 @njit(parallel=True, cache=True)
@@ -172,6 +174,21 @@ def _row_sums(a, nchunk):
         for r in range(t * m // nchunk, (t + 1) * m // nchunk):
             for c in range(f):
                 part[t, c] += a[r, c]
+    return part
+
+
+@njit(parallel=True, cache=True)
+def _relu_mask_sums(y2, dy2, out, nchunk):
+    """out = dy2 where y2 > 0 else 0 (the ReLU backward folded into the conv's), and float64
+    partial column sums of out as `_row_sums`. y2, dy2, out: M×F; out may be dy2."""
+    m, f = dy2.shape
+    part = np.zeros((nchunk, f))
+    for t in prange(nchunk):
+        for r in range(t * m // nchunk, (t + 1) * m // nchunk):
+            for c in range(f):
+                v = dy2[r, c] if y2[r, c] > 0 else 0.0
+                out[r, c] = v
+                part[t, c] += v
     return part
 
 
@@ -415,14 +432,22 @@ def _col2im_gemm(dy2, w2, geometry, dx):
     _col2im(dcols, dx, *kernel, *stride, *dilation, *pad_before, *out)
 
 
-def _add_bias(y2, b):
-    if b is not None:
-        _add_rows(y2, _c(b, y2.dtype))
+def _add_bias(y2, b, relu=False):
+    if b is not None or relu:
+        bias = np.zeros(y2.shape[1], y2.dtype) if b is None else _c(b, y2.dtype)
+        _add_rows(y2, bias, relu)
 
 
 def _sum_rows(a2):
     """Column sums of a2: M×F, accumulated in float64 (deterministic chunking)."""
     return _row_sums(a2, max(1, min(64, a2.shape[0]))).sum(axis=0).astype(a2.dtype)
+
+
+def _relu_masked(y2, dy2):
+    """(dy2 masked by y2 > 0 as a new array, its column sums), in one pass."""
+    out = np.empty_like(dy2)
+    part = _relu_mask_sums(_c(y2, dy2.dtype), dy2, out, max(1, min(64, dy2.shape[0])))
+    return out, part.sum(axis=0).astype(dy2.dtype)
 
 
 def _is_depthwise(x, w, groups):
@@ -431,8 +456,9 @@ def _is_depthwise(x, w, groups):
 
 # --------------------------------------------------------------------------------------- conv
 
-def conv_forward(x, w, b, stride, dilation, pad_before, pad_after, groups):
-    """Convolution (cross-correlation) with zero padding, possibly asymmetric.
+def conv_forward(x, w, b, stride, dilation, pad_before, pad_after, groups, relu=False):
+    """Convolution (cross-correlation) with zero padding, possibly asymmetric; with `relu`,
+    max(y, 0) fused in (NaN propagates).
 
     x: N×D×H×W×C, w: F×(C/groups)×KD×KH×KW, b: (F,) or None -> y: N×OD×OH×OW×F,
     OD = (D + pb + pa − dd·(KD−1) − 1)//sd + 1 (likewise OH, OW).
@@ -442,31 +468,44 @@ def conv_forward(x, w, b, stride, dilation, pad_before, pad_after, groups):
     kernel = w.shape[2:]
     out = conv_output(x.shape[1:4], kernel, stride, dilation, pad_before, pad_after)
     if _is_depthwise(x, w, groups):
-        return _depthwise_forward(x, w, b, stride, dilation, pad_before, out)
+        y = _depthwise_forward(x, w, b, stride, dilation, pad_before, out)
+        if relu:
+            _add_bias(y.reshape(-1, y.shape[-1]), None, True)
+        return y
     f = w.shape[0]
     y = np.empty((x.shape[0], *out, f), x.dtype)
     y2 = y.reshape(-1, f)
     _conv_y(x, _matrix(w, groups), (kernel, stride, dilation, pad_before, out), y2)
-    _add_bias(y2, b)
+    _add_bias(y2, b, relu)
     return y
 
 
-def conv_backward(x, w, dy, stride, dilation, pad_before, pad_after, groups, need_dx=True):
+def conv_backward(x, w, dy, stride, dilation, pad_before, pad_after, groups, need_dx=True,
+                  y=None):
     """Gradients of `conv_forward` -> (dx: N×D×H×W×C or None, dw: like w, db: (F,)).
 
     dy: N×OD×OH×OW×F; db is dy summed over N, D, H, W (returned even without a bias).
+    `y`: the output of a forward with `relu`; dy is then first zeroed where y <= 0.
     """
     x = _c(x)
     w = _c(w, x.dtype)
     dy = _c(dy, x.dtype)
+    f = w.shape[0]
+    if y is not None:
+        dy2, db = _relu_masked(y.reshape(-1, f), dy.reshape(-1, f))
+        dy = dy2.reshape(dy.shape)
+    else:
+        dy2, db = dy.reshape(-1, f), None
     if _is_depthwise(x, w, groups):
-        return _depthwise_backward(x, w, dy, stride, dilation, pad_before, need_dx)
-    dy2 = dy.reshape(-1, w.shape[0])
-    dx = np.empty_like(x) if need_dx else None
+        dx, dw, db_dw = _depthwise_backward(x, w, dy, stride, dilation, pad_before, need_dx)
+        return dx, dw, db_dw if db is None else db
+    if db is None:
+        db = _sum_rows(dy2)
     geometry = (w.shape[2:], stride, dilation, pad_before, dy.shape[1:4])
+    dx = np.empty_like(x) if need_dx else None
     dwt = _conv_dwt(x, dy2, _matrix(w, groups), geometry, dx)
     dw = _unmatrix(dwt.transpose(0, 2, 1), w.shape)
-    return dx, dw, _sum_rows(dy2)
+    return dx, dw, db
 
 
 # ----------------------------------------------------------------------------- transposed conv

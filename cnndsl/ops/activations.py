@@ -21,6 +21,8 @@ class Elementwise(Op):
 @register
 class ReLU(Elementwise):
     name = "ReLU"
+    #: what a preceding layer with `fusable_activations` may fold in (cnndsl.model)
+    activation = "relu"
 
     @staticmethod
     def forward(p, g, w, xs, ctx):

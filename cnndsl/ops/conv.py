@@ -119,19 +119,25 @@ class Conv(Op):
     def init(p, x, rng):
         return kaiming_uniform(Conv.param_shapes(p, x), rng)
 
+    #: the model may fold a following ReLU in: geometry then has "activation": "relu"
+    fusable_activations = ("relu",)
+
     @staticmethod
     def forward(p, g, w, xs, ctx):
         x = xs[0]
-        y = ctx.kernels("conv").conv_forward(
+        relu = g.get("activation") == "relu"
+        y = _from5d(ctx.kernels("conv").conv_forward(
             _as5d(x), _w5d(w["weight"]), w.get("bias"), g["stride"], g["dilation"],
-            g["pad_before"], g["pad_after"], p.groups)
-        return _from5d(y, x), x
+            g["pad_before"], g["pad_after"], p.groups, relu=relu), x)
+        return y, (x, y if relu else None)
 
     @staticmethod
-    def backward(p, g, w, x, dy, ctx):
+    def backward(p, g, w, saved, dy, ctx):
+        x, y = saved
         dx, dw, db = ctx.kernels("conv").conv_backward(
             _as5d(x), _w5d(w["weight"]), _as5d(dy), g["stride"], g["dilation"],
-            g["pad_before"], g["pad_after"], p.groups, need_dx=ctx.need_dx)
+            g["pad_before"], g["pad_after"], p.groups, need_dx=ctx.need_dx,
+            y=None if y is None else _as5d(y))
         return [_maybe_from5d(dx, x)], _grads(w, dw, db, p.bias)
 
     @staticmethod

@@ -37,8 +37,9 @@ def _tap_window(tap, stride, dilation, out):
     return (slice(None), *(_window(t * d, s, o) for t, s, d, o in zip(tap, stride, dilation, out)))
 
 
-def conv_forward(x, w, b, stride, dilation, pad_before, pad_after, groups):
-    """y[n, o, f] = b[f] + sum_{tap, c} xpad[n, o*s + tap*d, g(f)*C/g + c] * w[f, c, tap].
+def conv_forward(x, w, b, stride, dilation, pad_before, pad_after, groups, relu=False):
+    """y[n, o, f] = b[f] + sum_{tap, c} xpad[n, o*s + tap*d, g(f)*C/g + c] * w[f, c, tap],
+    then max(y, 0) if `relu`.
 
     x: N×D×H×W×C, w: F×(C/groups)×KD×KH×KW, b: (F,) or None -> y: N×OD×OH×OW×F.
     """
@@ -55,12 +56,16 @@ def conv_forward(x, w, b, stride, dilation, pad_before, pad_after, groups):
             y[..., fs] += patch @ w[(fs, slice(None), *tap)].T
     if b is not None:
         y += np.asarray(b, dtype=x.dtype)
-    return y
+    return np.where(y < 0, 0, y) if relu else y
 
 
-def conv_backward(x, w, dy, stride, dilation, pad_before, pad_after, groups, need_dx=True):
-    """Gradients of `conv_forward` -> (dx or None, dw, db); db = dy summed over N, D, H, W."""
+def conv_backward(x, w, dy, stride, dilation, pad_before, pad_after, groups, need_dx=True,
+                  y=None):
+    """Gradients of `conv_forward` -> (dx or None, dw, db); db = dy summed over N, D, H, W.
+    `y`: the output of a forward with `relu`; dy counts only where y > 0."""
     x, w, dy = np.asarray(x), np.asarray(w, dtype=x.dtype), np.asarray(dy, dtype=x.dtype)
+    if y is not None:
+        dy = np.where(y > 0, dy, 0).astype(x.dtype)
     cg, kernel = w.shape[1], w.shape[2:]
     fg = w.shape[0] // groups
     out = dy.shape[1:4]
