@@ -1,0 +1,297 @@
+"""Export (cnndsl.export): ONNX files run by ONNX Runtime and generated PyTorch modules
+compute what `model.forward(x, train=False)` computes, for every example and for small
+networks covering every layer kind; PyTorch state_dicts come back bit for bit."""
+
+import importlib.util
+import itertools
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import EXAMPLES
+
+import cnndsl
+from cnndsl.errors import CnnDslError
+from cnndsl.export import ExportError
+from cnndsl.ops import OPS, user_op_names
+
+# small networks: every layer kind, both branch forms, 1-D/2-D/3-D, asymmetric 'same'
+SMALL = {
+    "conv_same_stride2": ("8x8x3", "Conv(4, 3, stride=2)"),  # pads 0 before, 1 after
+    "conv_dilated_grouped": ("9x9x4", "Conv(6, 3, dilation=2, groups=2, bias=false)"),
+    "conv_tuple_pad_full": ("7x6x2", "Conv(3, 3x2, stride=2x1, pad=1x0) -> Conv(2, 2, pad=full)"),
+    "convt": ("4x4x3", "ConvT(4, 3, stride=2, pad=1, output_pad=1)"),
+    "depthwise": ("8x8x3", "DepthwiseConv(3, stride=2, multiplier=2)"),
+    "separable": ("8x8x3", "SeparableConv(4, 3, stride=2) -> SeparableConv(2, 3, bias=false)"),
+    "localconv": ("7x6x2", "LocalConv(3, 3) -> LocalConv(2, 2x1, stride=2, bias=false)"),
+    "maxpool": ("7x7x3", "MaxPool(3, 2, pad=1) -> MaxPool(2, pad=same)"),
+    "avgpool": ("8x8x3", "AvgPool(3, 2, pad=same) -> AvgPool(3, 1, pad=1)"),
+    "l2pool": ("8x8x3", "L2Pool(2) -> L2Pool(3, 2, pad=same) -> L2Pool(3, 1, pad=1)"),
+    "global_avg": ("5x5x3", "GlobalAvgPool"),
+    "global_max": ("5x5x3", "GlobalMaxPool -> BatchNorm -> Softmax"),
+    "flatten_fc": ("3x4x2", "Flatten -> FC(5) -> FC(3, bias=false)"),
+    "fc_spatial": ("3x4x2", "Dense(5) -> ReLU -> Dropout(0.3) -> FC(4) -> Softmax"),
+    "activations": ("5x5x3", "ReLU -> LeakyReLU(0.1) -> Sigmoid -> Tanh -> Identity -> Dropout"),
+    "softmax_spatial": ("5x5x3", "Conv(4, 1) -> Softmax"),
+    "batchnorm": ("5x5x3", "BatchNorm(eps=0.001, momentum=0.3) -> Conv(2, 3)"),
+    "conv1d": ("40x3", ("Conv(4, 4, stride=2) -> BatchNorm -> MaxPool(3, 2, pad=same) -> "
+                       "ConvT(3, 3, stride=2) -> DepthwiseConv(2, stride=2) -> "
+                       "SeparableConv(3, 3) -> L2Pool(2, pad=same) -> AvgPool(2) -> "
+                       "LocalConv(2, 2) -> Softmax")),
+    "conv3d": ("9x8x10x2", ("Conv(4, 3, stride=2) -> BatchNorm -> LeakyReLU -> "
+                           "MaxPool(2, pad=same) -> ConvT(2, 3, stride=2) -> "
+                           "{ AvgPool(2) | L2Pool(2) } -> DepthwiseConv(2) -> "
+                           "SeparableConv(3, 2) -> LocalConv(2, 2) -> GlobalMaxPool -> FC(3)")),
+    "branches": ("8x8x3", """
+        def res(c) = { Identity + Conv(c, 3, bias=false) -> BatchNorm -> ReLU -> Conv(c, 3) }
+        Conv(4, 3) -> res(4) -> ReLU
+          -> { Conv(2, 1) | Conv(3, 3) -> LeakyReLU(0.2) | MaxPool(3, 1, pad=1) -> Conv(2, 1) }
+          -> { Identity | BatchNorm -> Conv(3, 4) }
+          -> AvgPool(2) -> { Identity + DepthwiseConv(3) + Identity }
+          -> FC(6) -> Tanh -> FC(4) -> Softmax"""),
+    "python_names": ("6x6x2", ("forward: Conv(3, 3) -> x: ReLU -> { training: Identity | "
+                              "F: Conv(2, 1) } -> output: Flatten")),
+}
+EXAMPLE_FILES = sorted(p.name for p in EXAMPLES.glob("*.cnn"))
+
+
+def small_model(case: str):
+    shape, body = SMALL[case]
+    model = cnndsl.compile(f"network T_{case}\ninput {shape}\n{body.strip()}", seed=1)
+    return prime(model)
+
+
+def prime(model):
+    """Non-trivial BatchNorm statistics (a few training forwards) and biases."""
+    rng = np.random.default_rng(0)
+    for name, array in model.parameters().items():
+        if name.endswith(".bias"):
+            array[...] = rng.uniform(-0.5, 0.5, array.shape)
+    if model.buffers():
+        big = model.input_shape[0] >= 200
+        for _ in range(1 if big else 3):
+            x = rng.normal(0.5, 2.0, (2 if big else 4, *model.input_shape))
+            model.forward(x.astype(np.float32), train=True)
+    return model
+
+
+def inputs(model, batch, seed=0):
+    return np.random.default_rng(seed).normal(size=(batch, *model.input_shape)).astype(
+        np.float32)
+
+
+def assert_matches(actual, expected, rel=1e-4):
+    assert actual.shape == expected.shape
+    scale = float(np.abs(expected).max())
+    assert np.abs(actual - expected).max() <= rel * max(scale, 1e-6), (
+        f"max error {np.abs(actual - expected).max():.3g}, scale {scale:.3g}")
+
+
+def run_onnx(path, x):
+    ort = pytest.importorskip("onnxruntime")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(["output"], {"input": x})[0]
+
+
+def run_pytorch(path, x):
+    torch = pytest.importorskip("torch")
+    spec = importlib.util.spec_from_file_location(f"exported_{Path(path).stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    net = module.load()
+    with torch.no_grad():
+        return net(torch.from_numpy(x)).numpy(), net
+
+
+def test_small_networks_cover_every_layer_kind():
+    used = set()
+    for shape, body in SMALL.values():
+        graph = cnndsl.check_text(f"input {shape}\n{body.strip()}")
+        used |= {node["op"] for _, node in graph.nodes(data=True)}
+    canonical = {OPS[name].name for name in user_op_names()}
+    assert canonical | {"Concat", "Add"} <= used
+
+
+# ---- ONNX -------------------------------------------------------------------------------
+@pytest.mark.parametrize("case", sorted(SMALL))
+def test_onnx_small(case, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from cnndsl.export.onnx import to_onnx
+
+    model = small_model(case)
+    path = tmp_path / f"{case}.onnx"
+    to_onnx(model, path)
+    for batch in (1, 3):  # the batch axis is dynamic
+        x = inputs(model, batch, seed=batch)
+        assert_matches(run_onnx(path, x), model.forward(x, train=False))
+
+
+@pytest.mark.parametrize("name", EXAMPLE_FILES)
+def test_onnx_examples(name, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from cnndsl.export.onnx import to_onnx
+
+    model = prime(cnndsl.load(str(EXAMPLES / name)))
+    path = tmp_path / "net.onnx"
+    to_onnx(model, path)
+    x = inputs(model, 1 if model.input_shape[0] >= 200 else 2)
+    assert_matches(run_onnx(path, x), model.forward(x, train=False))
+
+
+def test_onnx_file_structure(tmp_path):
+    onnx = pytest.importorskip("onnx")
+    from cnndsl.export.onnx import to_onnx
+
+    model = small_model("branches")
+    path = tmp_path / "net.onnx"
+    to_onnx(model, path)
+    onnx.checker.check_model(str(path), full_check=True)
+    proto = onnx.load(str(path))
+    (graph_in,), (graph_out,) = proto.graph.input, proto.graph.output
+
+    def dims(value):
+        return [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]
+
+    assert graph_in.name == "input" and dims(graph_in) == ["batch", 8, 8, 3]
+    assert graph_out.name == "output" and dims(graph_out) == ["batch", 4]
+    assert proto.graph.node[0].op_type == "Transpose"
+    names = {t.name for t in proto.graph.initializer}
+    assert set(model.parameters()) | set(model.buffers()) == names
+    ops = {n.op_type for n in proto.graph.node}
+    assert {"Conv", "BatchNormalization", "Concat", "Sum", "Add", "Gemm", "Softmax"} <= ops
+    conv = next(n for n in proto.graph.node if n.op_type == "Conv")
+    assert conv.name == "conv1" and list(conv.input) == ["input_nchw", "conv1.weight",
+                                                         "conv1.bias"]
+
+
+def test_onnx_spatial_output_and_asymmetric_pads(tmp_path):
+    onnx = pytest.importorskip("onnx")
+    from cnndsl.export.onnx import to_onnx
+
+    model = small_model("conv_same_stride2")
+    to_onnx(model, tmp_path / "net.onnx")
+    proto = onnx.load(str(tmp_path / "net.onnx"))
+    conv = next(n for n in proto.graph.node if n.op_type == "Conv")
+    pads = next(a for a in conv.attribute if a.name == "pads").ints
+    assert list(pads) == [0, 0, 1, 1]
+    assert proto.graph.node[-1].op_type == "Transpose"  # back to channels-last
+    assert proto.graph.node[-1].output[0] == "output"
+
+
+def test_onnx_bad_opset_is_an_error_and_writes_nothing(tmp_path):
+    pytest.importorskip("onnx")
+    from cnndsl.export.onnx import to_onnx
+
+    model = small_model("global_avg")
+    with pytest.raises(ExportError, match="opset 11") as error:
+        to_onnx(model, tmp_path / "net.onnx", opset=11)
+    assert isinstance(error.value, CnnDslError)
+    assert list(tmp_path.iterdir()) == []
+
+
+# ---- PyTorch ----------------------------------------------------------------------------
+@pytest.mark.parametrize("case", sorted(SMALL))
+def test_pytorch_small(case, tmp_path):
+    torch = pytest.importorskip("torch")
+    from cnndsl.export.pytorch import to_pytorch
+
+    model = small_model(case)
+    path = tmp_path / f"{case}.py"
+    to_pytorch(model, path)
+    assert path.with_suffix(".pt").is_file()
+    x = inputs(model, 3)
+    y, net = run_pytorch(path, x)
+    assert_matches(y, model.forward(x, train=False))
+    # the saved state_dict is exactly the module's (strict load) and holds cnndsl's values
+    saved = torch.load(path.with_suffix(".pt"), weights_only=True)
+    assert set(saved) == set(net.state_dict())
+
+
+@pytest.mark.parametrize("name", EXAMPLE_FILES)
+def test_pytorch_examples(name, tmp_path):
+    pytest.importorskip("torch")
+    from cnndsl.export.pytorch import to_pytorch
+
+    model = prime(cnndsl.load(str(EXAMPLES / name)))
+    path = tmp_path / "net.py"
+    to_pytorch(model, path)
+    x = inputs(model, 1 if model.input_shape[0] >= 200 else 2)
+    y, net = run_pytorch(path, x)
+    assert_matches(y, model.forward(x, train=False))
+    assert sum(p.numel() for p in net.parameters()) == model.num_params
+
+
+def test_pytorch_source_is_readable(tmp_path):
+    pytest.importorskip("torch")
+    from cnndsl.export.pytorch import module_source
+
+    source = module_source(small_model("branches"))
+    assert "class T_branches(nn.Module):" in source
+    assert "self.conv1 = nn.Conv2d(3, 4, kernel_size=3, padding=1)" in source
+    assert "torch.cat([" in source and "x.movedim(-1, 1)" in source
+    assert "F.pad(x, [1, 2, 1, 2])" in source  # 4x4 'same': one before, two after
+    same_s2 = module_source(small_model("conv_same_stride2"))
+    assert "self.conv1(F.pad(x, [0, 1, 0, 1]))" in same_s2
+    assert "return x.movedim(1, -1)" in same_s2
+    names = module_source(small_model("python_names"))
+    for attribute in ("forward_2", "x_2", "training_2", "F_2", "output"):
+        assert f"self.{attribute} = " in names
+
+
+def test_state_dict_round_trip_is_bit_for_bit(tmp_path):
+    torch = pytest.importorskip("torch")
+    from cnndsl.export.pytorch import load_pytorch_state, to_pytorch
+
+    source = small_model("branches")
+    to_pytorch(source, tmp_path / "net.py")
+    target = cnndsl.compile(f"network T_branches\ninput {SMALL['branches'][0]}\n"
+                            + SMALL["branches"][1].strip(), seed=7)
+    load_pytorch_state(target, tmp_path / "net.pt")
+    for kind in ("parameters", "buffers"):
+        for (name, a), (other, b) in zip(getattr(source, kind)().items(),
+                                         getattr(target, kind)().items()):
+            assert name == other and a.dtype == b.dtype and a.tobytes() == b.tobytes()
+
+    # the way back after training in PyTorch: one SGD step, then cnndsl agrees with torch
+    _, net = run_pytorch(tmp_path / "net.py", inputs(source, 2))
+    net.train()
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
+    loss = net(torch.from_numpy(inputs(source, 8, seed=3))).square().sum()
+    loss.backward()
+    optimizer.step()
+    net.eval()
+    load_pytorch_state(target, net.state_dict())
+    for name, array in itertools.chain(target.parameters().items(), target.buffers().items()):
+        assert array.tobytes() == net.state_dict()[name].numpy().tobytes()
+    x = inputs(source, 3, seed=4)
+    with torch.no_grad():
+        assert_matches(target.forward(x), net(torch.from_numpy(x)).numpy())
+
+
+def test_load_pytorch_state_checks_names_and_shapes():
+    torch = pytest.importorskip("torch")
+    from cnndsl.export.pytorch import load_pytorch_state, state_dict
+
+    model = small_model("python_names")
+    good = state_dict(model)
+    assert "forward_2.weight" in good and "F_2.bias" in good
+    before = {k: v.copy() for k, v in model.parameters().items()}
+    missing = {k: v for k, v in good.items() if k != "F_2.bias"}
+    with pytest.raises(ExportError, match="no 'F_2.bias'.*Conv 'F'"):
+        load_pytorch_state(model, missing)
+    wrong = {**good, "forward_2.weight": torch.zeros(3, 2, 2, 2)}
+    with pytest.raises(ExportError, match="'forward_2.weight' is 3x2x2x2 .* but 3x2x3x3"):
+        load_pytorch_state(model, wrong)
+    with pytest.raises(ExportError, match="'fc9.weight'"):
+        load_pytorch_state(model, {**good, "fc9.weight": torch.zeros(1)})
+    for name, array in model.parameters().items():  # nothing copied by a failed load
+        assert np.array_equal(array, before[name])
+
+
+def test_pytorch_path_must_not_be_the_weights(tmp_path):
+    pytest.importorskip("torch")
+    from cnndsl.export.pytorch import to_pytorch
+
+    with pytest.raises(ExportError, match="weights go to a .pt file"):
+        to_pytorch(small_model("global_avg"), tmp_path / "net.pt")
+    assert list(tmp_path.iterdir()) == []
