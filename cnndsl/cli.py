@@ -104,6 +104,20 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("images", nargs="+", metavar="IMAGE")
     predict.add_argument("--top", type=int, default=3, help="classes shown per image")
     predict.set_defaults(run=run_predict)
+
+    export = commands.add_parser(
+        "export", help="write the network (and weights) as ONNX or as PyTorch source",
+        description="ONNX: one file with the weights, dynamic batch axis, channels-last "
+                    "input named 'input'. PyTorch: a readable nn.Module source file plus a "
+                    "state_dict (.pt) beside it.")
+    add_file_arguments(export)
+    export.add_argument("--weights", metavar="W.npz",
+                        help="trained weights (default: freshly initialised, --seed)")
+    export.add_argument("--to", required=True, choices=("onnx", "pytorch"))
+    export.add_argument("-o", "--output", metavar="OUT",
+                        help="output file (default: FILE's name with .onnx or .py)")
+    export.add_argument("--seed", type=int, default=0, help="initial weights without --weights")
+    export.set_defaults(run=run_export)
     return parser
 
 
@@ -324,6 +338,39 @@ def run_predict(args, context: dict) -> int:
         best = np.argsort(-row)[:max(1, args.top)]
         shown = ", ".join(f"{_class_name(classes, k)} {row[k]:.3f}" for k in best)
         print(f"{path}: {shown}")
+    return 0
+
+
+def run_export(args, context: dict) -> int:
+    from pathlib import Path
+
+    from cnndsl import checkpoint
+    from cnndsl.model import Model
+
+    context["path"] = args.file
+    loaded = Loaded(args)
+    model = Model(loaded.graph, seed=args.seed)
+    if args.weights:
+        arrays, _ = checkpoint.load(args.weights)
+        checkpoint.restore_model(model, arrays, args.weights)
+    suffix = ".onnx" if args.to == "onnx" else ".py"
+    out = args.output or f"{Path(args.file).stem}{suffix}"
+    try:
+        if args.to == "onnx":
+            from cnndsl.export.onnx import to_onnx
+
+            to_onnx(model, out)
+            print(f"wrote {out}")
+        else:
+            from cnndsl.export.pytorch import to_pytorch
+
+            to_pytorch(model, out)
+            print(f"wrote {out} and {Path(out).with_suffix('.pt')}")
+    except ImportError as error:
+        package = "onnx" if args.to == "onnx" else "torch==2.13.0"
+        print(f"cnndsl: error: exporting to {args.to} needs the '{error.name}' package\n"
+              f"hint: pip install {package}", file=sys.stderr)
+        return 1
     return 0
 
 

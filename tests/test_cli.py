@@ -81,3 +81,27 @@ def test_installed_package_ships_the_grammar():
     if not any(name.startswith("cnndsl/") and name.endswith(".py") for name in names):
         pytest.skip("editable install: the grammar is read from the checkout")
     assert "cnndsl/grammar/cnn.lark" in names
+
+
+def test_export_command_writes_onnx_and_pytorch(tmp_path, capsys):
+    import numpy as np
+    import pytest
+
+    ort = pytest.importorskip("onnxruntime")
+    import cnndsl
+
+    net = EXAMPLES / "mnist_pytorch.cnn"
+    out = tmp_path / "net.onnx"
+    assert main(["export", str(net), "--to", "onnx", "-o", str(out), "--seed", "3"]) == 0
+    model = cnndsl.load(str(net), seed=3)
+    x = np.random.default_rng(0).random((2, 28, 28, 1), dtype=np.float32)
+    y = ort.InferenceSession(str(out)).run(None, {"input": x})[0]
+    assert np.allclose(y, model.forward(x), rtol=1e-4, atol=1e-6)
+    pytest.importorskip("torch")
+    assert main(["export", str(net), "--to", "pytorch", "-o", str(tmp_path / "net.py")]) == 0
+    assert (tmp_path / "net.py").read_text().startswith('"""MnistNet, exported by cnndsl')
+    assert (tmp_path / "net.pt").exists()
+    assert main(["export", str(net), "--to", "onnx", "--weights", str(tmp_path / "no.npz"),
+                 "-o", str(tmp_path / "x.onnx")]) == 1
+    assert "does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "x.onnx").exists()
