@@ -259,6 +259,24 @@ def test_fused_relu_matches_reference_and_unfused(name):
     assert np.array_equal(dy, dy_before)  # dy is never masked in place (fan-out shares it)
 
 
+@pytest.mark.parametrize("one_block", [True, False])
+@pytest.mark.parametrize("name", ["2d_same", "2d_stride_dil_groups4", "3d", "2d_1x1"])
+def test_patches_kept_by_the_forward_give_the_same_gradients(monkeypatch, name, one_block):
+    if not one_block:
+        monkeypatch.setattr(K, "_BLOCK_BYTES", 1)  # one image per block: nothing is kept
+    x, w, b, args, *_ = setup("conv", name)
+    keep = {}
+    y = K.conv_forward(x, w, b, *args, keep=keep)
+    assert ("cols" in keep) == one_block  # (for a 1x1 conv, a view of x)
+    close(y, R.conv_forward(x, w, b, *args), 1e-10)
+    dy = randn(np.random.default_rng(4), *y.shape)
+    K.conv_forward(2 * x, w, b, *args)  # the scratch patches now hold another input
+    expected = R.conv_backward(x, w, dy, *args)
+    close_all(K.conv_backward(x, w, dy, *args, keep=keep), expected, 1e-10)
+    close_all(K.conv_backward(x, w, dy, *args, keep=keep, need_dx=False),
+              (None, *expected[1:]), 1e-10)
+
+
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("cfg", [GRAD_CASES[0][1], GRAD_CASES[1][1]], ids=["1d", "2d_groups2"])
 def test_gradcheck_fused_relu(impl, cfg):

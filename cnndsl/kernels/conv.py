@@ -353,14 +353,21 @@ def _local_col2im(dcols, dx, kd, kh, kw, sd, sh, sw, od_, oh_, ow_):
 
 # ------------------------------------------------------------------------------------ helpers
 
-def _cols(x, kernel, stride, dilation, pad_before, out, groups):
-    """im2col of x: N×D×H×W×C -> G×M×Kg (a scratch buffer, or a view of x for 1×1 convs)."""
+def _cols(x, kernel, stride, dilation, pad_before, out, groups, into=False):
+    """im2col of x: N×D×H×W×C -> G×M×Kg: a view of x for 1×1 convs, else the scratch buffer,
+    or `into` (a previous result, reused if its shape fits) when it is not False."""
     n, c = x.shape[0], x.shape[-1]
     m, cg = n * math.prod(out), c // groups
     if tuple(kernel) == (1, 1, 1) and tuple(stride) == (1, 1, 1) and not any(pad_before) \
             and tuple(out) == x.shape[1:4]:
         return x.reshape(m, groups, cg).transpose(1, 0, 2)
-    cols = _buffer("cols", (groups, m, math.prod(kernel) * cg), x.dtype)
+    shape = (groups, m, math.prod(kernel) * cg)
+    if into is False:
+        cols = _buffer("cols", shape, x.dtype)
+    elif into is not None and into.shape == shape and into.dtype == x.dtype:
+        cols = into  # (never a view of x: 1×1 convs returned above)
+    else:
+        cols = np.empty(shape, x.dtype)
     _im2col(x, cols, *kernel, *stride, *dilation, *pad_before, *out)
     return cols
 
@@ -403,24 +410,33 @@ def _gemm_dwt(cols, dy2, dwt):
         dwt[g] += np.matmul(cols[g].T, dy2[:, g * fg:(g + 1) * fg])
 
 
-def _conv_y(x, w2, geometry, y2):
+def _conv_y(x, w2, geometry, y2, keep=None):
     """y2 = im2col(x) · W2ᵀ, one block of images at a time. geometry = (kernel, stride,
-    dilation, pad_before, out); y2: (N·OD·OH·OW)×F."""
+    dilation, pad_before, out); y2: (N·OD·OH·OW)×F. With a `keep` dict and a batch that is a
+    single block, the patches are a new array left in keep["cols"] for the backward."""
     ng, _, kg = w2.shape
     p = math.prod(geometry[-1])
-    for n0, n1 in _blocks(x.shape[0], p * ng * kg * x.itemsize):
-        _gemm_y(_cols(x[n0:n1], *geometry, ng), w2, y2[n0 * p:n1 * p])
+    blocks = _blocks(x.shape[0], p * ng * kg * x.itemsize)
+    for n0, n1 in blocks:
+        if keep is not None and len(blocks) == 1:
+            cols = keep["cols"] = _cols(x[n0:n1], *geometry, ng, into=keep.get("cols"))
+        else:
+            cols = _cols(x[n0:n1], *geometry, ng)
+        _gemm_y(cols, w2, y2[n0 * p:n1 * p])
 
 
-def _conv_dwt(x, dy2, w2, geometry, dx):
+def _conv_dwt(x, dy2, w2, geometry, dx, cols=None):
     """Backward of `_conv_y`: returns dW transposed (G×Kg×Fg); if dx is given, fills it with
-    col2im(dY · W2). Block by block: im2col, dWᵀ += colsᵀ·dY, dcols = dY·W2, col2im."""
+    col2im(dY · W2). Block by block: im2col (unless the forward kept the whole batch's
+    `cols`), dWᵀ += colsᵀ·dY, dcols = dY·W2, col2im."""
     ng, fg, kg = w2.shape
     p = math.prod(geometry[-1])
     dwt = np.zeros((ng, kg, fg), x.dtype)
-    for n0, n1 in _blocks(x.shape[0], p * ng * kg * x.itemsize):
+    blocks = _blocks(x.shape[0], p * ng * kg * x.itemsize)
+    for n0, n1 in blocks:
         dyb = dy2[n0 * p:n1 * p]
-        _gemm_dwt(_cols(x[n0:n1], *geometry, ng), dyb, dwt)
+        kept = cols is not None and len(blocks) == 1 and cols.shape == (ng, dyb.shape[0], kg)
+        _gemm_dwt(cols if kept else _cols(x[n0:n1], *geometry, ng), dyb, dwt)
         if dx is not None:
             _col2im_gemm(dyb, w2, geometry, dx[n0:n1])
     return dwt
@@ -460,9 +476,12 @@ def _is_depthwise(x, w, groups):
 
 # --------------------------------------------------------------------------------------- conv
 
-def conv_forward(x, w, b, stride, dilation, pad_before, pad_after, groups, relu=False):
+def conv_forward(x, w, b, stride, dilation, pad_before, pad_after, groups, relu=False,
+                 keep=None):
     """Convolution (cross-correlation) with zero padding, possibly asymmetric; with `relu`,
-    max(y, 0) fused in (NaN propagates).
+    max(y, 0) fused in (NaN propagates). `keep`: a dict in which the forward may leave work
+    for `conv_backward` of the same x and w (here the patch matrix, when the whole batch is
+    one block of at most `_BLOCK_BYTES`); pass the same dict to the backward.
 
     x: N×D×H×W×C, w: F×(C/groups)×KD×KH×KW, b: (F,) or None -> y: N×OD×OH×OW×F,
     OD = (D + pb + pa − dd·(KD−1) − 1)//sd + 1 (likewise OH, OW).
@@ -479,17 +498,18 @@ def conv_forward(x, w, b, stride, dilation, pad_before, pad_after, groups, relu=
     f = w.shape[0]
     y = np.empty((x.shape[0], *out, f), x.dtype)
     y2 = y.reshape(-1, f)
-    _conv_y(x, _matrix(w, groups), (kernel, stride, dilation, pad_before, out), y2)
+    _conv_y(x, _matrix(w, groups), (kernel, stride, dilation, pad_before, out), y2, keep)
     _add_bias(y2, b, relu)
     return y
 
 
 def conv_backward(x, w, dy, stride, dilation, pad_before, pad_after, groups, need_dx=True,
-                  y=None):
+                  y=None, keep=None):
     """Gradients of `conv_forward` -> (dx: N×D×H×W×C or None, dw: like w, db: (F,)).
 
     dy: N×OD×OH×OW×F; db is dy summed over N, D, H, W (returned even without a bias).
     `y`: the output of a forward with `relu`; dy is then first zeroed where y <= 0.
+    `keep`: the dict given to that forward, if any.
     """
     x = _c(x)
     w = _c(w, x.dtype)
@@ -507,7 +527,8 @@ def conv_backward(x, w, dy, stride, dilation, pad_before, pad_after, groups, nee
         db = _sum_rows(dy2)
     geometry = (w.shape[2:], stride, dilation, pad_before, dy.shape[1:4])
     dx = np.empty_like(x) if need_dx else None
-    dwt = _conv_dwt(x, dy2, _matrix(w, groups), geometry, dx)
+    cols = None if keep is None else keep.get("cols")
+    dwt = _conv_dwt(x, dy2, _matrix(w, groups), geometry, dx, cols)
     dw = _unmatrix(dwt.transpose(0, 2, 1), w.shape)
     return dx, dw, db
 

@@ -126,18 +126,20 @@ class Conv(Op):
     def forward(p, g, w, xs, ctx):
         x = xs[0]
         relu = g.get("activation") == "relu"
+        # work the backward may reuse (training only); its buffers persist across steps
+        keep = g.setdefault("keep", {}) if ctx.train else None
         y = _from5d(ctx.kernels("conv").conv_forward(
             _as5d(x), _w5d(w["weight"]), w.get("bias"), g["stride"], g["dilation"],
-            g["pad_before"], g["pad_after"], p.groups, relu=relu), x)
-        return y, (x, y if relu else None)
+            g["pad_before"], g["pad_after"], p.groups, relu=relu, keep=keep), x)
+        return y, (x, y if relu else None, keep)
 
     @staticmethod
     def backward(p, g, w, saved, dy, ctx):
-        x, y = saved
+        x, y, keep = saved
         dx, dw, db = ctx.kernels("conv").conv_backward(
             _as5d(x), _w5d(w["weight"]), _as5d(dy), g["stride"], g["dilation"],
             g["pad_before"], g["pad_after"], p.groups, need_dx=ctx.need_dx,
-            y=None if y is None else _as5d(y))
+            y=None if y is None else _as5d(y), keep=keep)
         return [_maybe_from5d(dx, x)], _grads(w, dw, db, p.bias)
 
     @staticmethod

@@ -37,9 +37,10 @@ def _tap_window(tap, stride, dilation, out):
     return (slice(None), *(_window(t * d, s, o) for t, s, d, o in zip(tap, stride, dilation, out)))
 
 
-def conv_forward(x, w, b, stride, dilation, pad_before, pad_after, groups, relu=False):
+def conv_forward(x, w, b, stride, dilation, pad_before, pad_after, groups, relu=False,
+                 keep=None):
     """y[n, o, f] = b[f] + sum_{tap, c} xpad[n, o*s + tap*d, g(f)*C/g + c] * w[f, c, tap],
-    then max(y, 0) if `relu`.
+    then max(y, 0) if `relu`. `keep` (work left for the backward) is unused here.
 
     x: N×D×H×W×C, w: F×(C/groups)×KD×KH×KW, b: (F,) or None -> y: N×OD×OH×OW×F.
     """
@@ -60,7 +61,7 @@ def conv_forward(x, w, b, stride, dilation, pad_before, pad_after, groups, relu=
 
 
 def conv_backward(x, w, dy, stride, dilation, pad_before, pad_after, groups, need_dx=True,
-                  y=None):
+                  y=None, keep=None):
     """Gradients of `conv_forward` -> (dx or None, dw, db); db = dy summed over N, D, H, W.
     `y`: the output of a forward with `relu`; dy counts only where y > 0."""
     x, w, dy = np.asarray(x), np.asarray(w, dtype=x.dtype), np.asarray(dy, dtype=x.dtype)
