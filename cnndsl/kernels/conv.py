@@ -22,8 +22,9 @@ a wrapper, so outputs stay independent; the wrappers are therefore not thread-sa
 `clear_scratch()` releases them.
 
 Threads: Numba's pool and OpenBLAS's take turns on the same cores. With their default
-busy-waiting each slows the other 2x or more; set OMP_WAIT_POLICY=PASSIVE and
-OPENBLAS_THREAD_TIMEOUT=4 before numpy and numba start (benchmarks/bench_conv.py does).
+busy-waiting each slows the other 2x or more; `import cnndsl` sets OMP_WAIT_POLICY=PASSIVE,
+GOMP_SPINCOUNT and OPENBLAS_THREAD_TIMEOUT defaults, which work only if it runs before numpy
+loads OpenBLAS and before the first kernel starts OpenMP.
 """
 
 from __future__ import annotations
