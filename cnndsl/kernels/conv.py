@@ -64,6 +64,9 @@ def conv_output(sizes, kernel, stride, dilation, pad_before, pad_after) -> tuple
 
 # ------------------------------------------------------------------------------------- kernels
 
+U = np.uint64  # an index type without the negative-index wraparound test
+
+
 @njit(cache=True)
 def _span(offset, step, n_in, n_out):
     """The outputs o in [lo, hi) whose input index o·step + offset lies in [0, n_in)."""
@@ -77,9 +80,11 @@ def _im2col(x, cols, kd, kh, kw, sd, sh, sw, dd, dh, dw, pd0, ph0, pw0, od_, oh_
     """cols[g, row, ((a·KH + b)·KW + e)·Cg + c] = xpad[n, od·sd + a·dd, oh·sh + b·dh,
     ow·sw + e·dw, g·Cg + c] (zero outside x). x: N×D×H×W×C, cols: G×M×Kg, Cg = C/G.
     Parallel over output rows (n, od, oh); each iteration writes only its own OW rows.
-    Flat indices only inside the loop: a view per pixel costs an atomic reference count on
-    the shared array, which the two cores then pass back and forth (and slices cost per call
-    with few channels)."""
+
+    Inner loops index flat arrays with unsigned ints (`U`): a signed index costs a
+    negative-index wraparound test per element, which kept LLVM from vectorising the copies
+    (2-6x slower), and a view per pixel costs an atomic reference count on the shared array
+    that both cores then bounce."""
     n_, d_, h_, w_, c_ = x.shape
     ng, m_, kg = cols.shape
     cg = c_ // ng
@@ -99,27 +104,27 @@ def _im2col(x, cols, kd, kh, kw, sd, sh, sw, dd, dh, dw, pd0, ph0, pw0, od_, oh_
                     i = od * sd - pd0 + a * dd
                     for b in range(kh):
                         j = oh * sh - ph0 + b * dh
-                        k0 = d0 + (a * kh + b) * run
+                        k0 = U(d0 + (a * kh + b) * run)
                         if i < 0 or i >= d_ or j < 0 or j >= h_:
-                            for t in range(run):
+                            for t in range(U(run)):
                                 cf[k0 + t] = 0
                             continue
                         s_row = ((n * d_ + i) * h_ + j) * w_
                         if ng == 1 and dw == 1 and q0 >= 0 and q0 + kw <= w_:
                             # the kw taps are one contiguous run of x: copy it in one go
-                            s0 = (s_row + q0) * c_
-                            for t in range(run):
+                            s0 = U((s_row + q0) * c_)
+                            for t in range(U(run)):
                                 cf[k0 + t] = xf[s0 + t]
                             continue
                         for e in range(kw):
                             q = q0 + e * dw
-                            k = k0 + e * cg
+                            k = k0 + U(e * cg)
                             if 0 <= q < w_:
-                                s0 = (s_row + q) * c_ + c0
-                                for c in range(cg):
+                                s0 = U((s_row + q) * c_ + c0)
+                                for c in range(U(cg)):
                                     cf[k + c] = xf[s0 + c]
                             else:
-                                for c in range(cg):
+                                for c in range(U(cg)):
                                     cf[k + c] = 0
 
 
@@ -127,16 +132,20 @@ def _im2col(x, cols, kd, kh, kw, sd, sh, sw, dd, dh, dw, pd0, ph0, pw0, od_, oh_
 def _col2im(dcols, dx, kd, kh, kw, sd, sh, sw, dd, dh, dw, pd0, ph0, pw0, od_, oh_, ow_):
     """Adjoint of `_im2col`: dx[n, i, j, q, g·Cg + c] = sum of the dcols entries that read it.
     dcols: G×M×Kg, dx: N×D×H×W×C (overwritten). Gathers, parallel over input rows (n, i, j);
-    each iteration writes only dx[n, i, j]."""
+    each iteration writes only dx[n, i, j]. Flat unsigned indices as in `_im2col`."""
     n_, d_, h_, w_, c_ = dx.shape
-    ng = dcols.shape[0]
+    ng, m_, kg = dcols.shape
     cg = c_ // ng
+    dcf = dcols.reshape(dcols.size)
+    dxf = dx.reshape(dx.size)
     for r in prange(n_ * d_ * h_):
         n = r // (d_ * h_)
         i = (r // h_) % d_
         j = r % h_
-        dxr = dx[n, i, j]
-        dxr[:, :] = 0
+        base = r * w_ * c_  # dx[n, i, j] (r = (n·D + i)·H + j)
+        ub = U(base)
+        for t in range(U(w_ * c_)):
+            dxf[ub + t] = 0
         for a in range(kd):
             t = i + pd0 - a * dd
             if t < 0 or t % sd != 0 or t // sd >= od_:
@@ -153,8 +162,10 @@ def _col2im(dcols, dx, kd, kh, kw, sd, sh, sw, dd, dh, dw, pd0, ph0, pw0, od_, o
                         lo, hi = _span(e * dw - pw0, sw, w_, ow_)
                         for ow in range(lo, hi):
                             q = ow * sw - pw0 + e * dw
-                            for c in range(cg):  # scalar loop: slices cost per call
-                                dxr[q, c0 + c] += dcols[g, row0 + ow, k + c]
+                            dst = U(base + q * c_ + c0)
+                            src = U((g * m_ + row0 + ow) * kg + k)
+                            for c in range(U(cg)):
+                                dxf[dst + c] += dcf[src + c]
 
 
 @njit(parallel=True, cache=True)
