@@ -12,7 +12,8 @@ Parallel contracts: forward kernels run `prange` over output rows (n, od, oh). A
 backward *gather*: each input row (n, d, h) sums the outputs whose windows cover it, so every
 dx element is written once by one iteration, whatever the overlap. Inner loops index W×C row
 views from 0, which LLVM vectorises over C (per-pixel views or offset ranges measured 1.5-3×
-slower). Max backward scatters
+slower); the max pools index flat arrays with unsigned ints instead (10-20% faster than row
+views: no wraparound tests, no shared reference counts). Max backward scatters
 through argmax, so it runs `prange` over (sample, channel block) pairs, each owning its slice
 of dx. Every kernel writes every element of its outputs, so `out=` buffers need no zeroing.
 Outputs never alias inputs.
@@ -26,6 +27,7 @@ import numpy as np
 from numba import njit, prange
 
 _INT32_MAX = 2**31 - 1
+U = np.uint64  # an index type without the negative-index wraparound test
 
 
 @njit(cache=True)
@@ -39,60 +41,61 @@ def _window(o, s, p0, k, n):
 def _maxpool_fwd(x, kd, kh, kw, sd, sh, sw, pd0, ph0, pw0, y, am):
     _, d_, h_, w_, c_ = x.shape
     n_, do, ho, wo, _ = y.shape
+    # flat arrays and unsigned indices (U): no per-element wraparound test and no per-row
+    # views of the shared x (atomic reference counts), so the loops over C vectorise
+    xf, yf, af = x.reshape(x.size), y.reshape(y.size), am.reshape(am.size)
     for r in prange(n_ * do * ho):
         n, od, oh = r // (do * ho), (r // ho) % do, r % ho
         d0, alo, ahi = _window(od, sd, pd0, kd, d_)
         h0, blo, bhi = _window(oh, sh, ph0, kh, h_)
-        yr = y[n, od, oh]                        # Wo×C row views: loops over C vectorise
-        ar = am[n, od, oh]
-        for ow in range(wo):
-            for c in range(c_):
-                yr[ow, c] = -np.inf
-                ar[ow, c] = -1
+        y0 = U(r * wo * c_)                      # y[n, od, oh] (r = (n·Do + od)·Ho + oh)
+        for t in range(U(wo * c_)):
+            yf[y0 + t] = -np.inf
+            af[y0 + t] = -1
         for a in range(alo, ahi):
             for b in range(blo, bhi):
-                xr = x[n, d0 + a, h0 + b]
                 base = ((d0 + a) * h_ + h0 + b) * w_
+                xrow = (n * d_ * h_ * w_ + base) * c_
                 for ow in range(wo):
                     w0, elo, ehi = _window(ow, sw, pw0, kw, w_)
+                    yo = y0 + U(ow * c_)
                     for e in range(elo, ehi):
-                        for c in range(c_):
-                            v = xr[w0 + e, c]
-                            m = yr[ow, c]
-                            k = ar[ow, c]
+                        xo = U(xrow + (w0 + e) * c_)
+                        idx = base + w0 + e
+                        for c in range(U(c_)):
+                            v = xf[xo + c]
+                            m = yf[yo + c]
+                            k = af[yo + c]
                             # the first element always enters; then strict > keeps the first
                             # of ties, and a NaN wins once (as np.argmax)
                             take = k < 0 or v > m or (math.isnan(v) and not math.isnan(m))
-                            yr[ow, c] = v if take else m
-                            ar[ow, c] = base + w0 + e if take else k
+                            yf[yo + c] = v if take else m
+                            af[yo + c] = idx if take else k
     return y, am
 
 
 @njit(parallel=True, cache=True)
 def _argmax_scatter(dy3, am3, cb, dx3):
-    """dx3: N×S×C = 0, then dx3[n, am3[n, o, c], c] += dy3[n, o, c]; prange over (n, C block)."""
+    """dx3: N×S×C = 0, then dx3[n, am3[n, o, c], c] += dy3[n, o, c]; prange over (n, C block).
+    Flat unsigned indices as in `_maxpool_fwd`."""
     n_, so, c_ = dy3.shape
     s_ = dx3.shape[1]
     nb = (c_ + cb - 1) // cb
+    dyf, amf, dxf = dy3.reshape(dy3.size), am3.reshape(am3.size), dx3.reshape(dx3.size)
     for t in prange(n_ * nb):
         n = t // nb
         c0 = (t % nb) * cb
         c1 = min(c_, c0 + cb)
-        # zero this block through views indexed from 0: the loops then vectorise (2-3× faster)
-        if nb == 1:
-            flat = dx3[n].reshape(-1)
-            for j in range(flat.size):
-                flat[j] = 0
-        else:
-            for s in range(s_):
-                row = dx3[n, s, c0:c1]
-                for j in range(c1 - c0):
-                    row[j] = 0
+        for s in range(s_):
+            row = U((n * s_ + s) * c_ + c0)
+            for j in range(U(c1 - c0)):
+                dxf[row + j] = 0
         for o in range(so):
-            for c in range(c0, c1):
-                i = am3[n, o, c]
+            src = U((n * so + o) * c_ + c0)
+            for j in range(U(c1 - c0)):
+                i = amf[src + j]
                 if 0 <= i < s_:                  # -1: empty window; never write out of dx
-                    dx3[n, i, c] += dy3[n, o, c]
+                    dxf[U((n * s_ + i) * c_ + c0) + j] += dyf[src + j]
     return dx3
 
 
