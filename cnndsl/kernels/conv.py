@@ -171,40 +171,50 @@ def _col2im(dcols, dx, kd, kh, kw, sd, sh, sw, dd, dh, dw, pd0, ph0, pw0, od_, o
 @njit(parallel=True, cache=True)
 def _add_rows(y2, b, relu):
     """y2[r, :] = y2[r, :] + b for every row, then max(·, 0) if `relu` (NaN propagates).
-    y2: M×F. Parallel over row blocks."""
+    y2: M×F (C-contiguous). Parallel over row blocks; flat unsigned indices (see `_im2col`)."""
     m, f = y2.shape
+    yf = y2.reshape(y2.size)
     nblock = (m + 255) // 256
     for blk in prange(nblock):
         for r in range(blk * 256, min(m, blk * 256 + 256)):
-            for c in range(f):
-                v = y2[r, c] + b[c]
-                y2[r, c] = 0.0 if relu and v < 0 else v
+            row = U(r * f)
+            for c in range(U(f)):
+                v = yf[row + c] + b[c]
+                yf[row + c] = 0.0 if relu and v < 0 else v
 
 
 @njit(parallel=True, cache=True)
 def _row_sums(a, nchunk):
-    """Float64 partial column sums of a: M×F; chunk t sums rows [t·M/T, (t+1)·M/T)."""
+    """Float64 partial column sums of a: M×F (C-contiguous); chunk t sums rows
+    [t·M/T, (t+1)·M/T)."""
     m, f = a.shape
+    af = a.reshape(a.size)
     part = np.zeros((nchunk, f))
     for t in prange(nchunk):
+        pt = part[t]
         for r in range(t * m // nchunk, (t + 1) * m // nchunk):
-            for c in range(f):
-                part[t, c] += a[r, c]
+            row = U(r * f)
+            for c in range(U(f)):
+                pt[c] += af[row + c]
     return part
 
 
 @njit(parallel=True, cache=True)
 def _relu_mask_sums(y2, dy2, out, nchunk):
     """out = dy2 where y2 > 0 else 0 (the ReLU backward folded into the conv's), and float64
-    partial column sums of out as `_row_sums`. y2, dy2, out: M×F; out may be dy2."""
+    partial column sums of out as `_row_sums`. y2, dy2, out: M×F, C-contiguous; out may be
+    dy2."""
     m, f = dy2.shape
+    yf, dyf, of = y2.reshape(y2.size), dy2.reshape(dy2.size), out.reshape(out.size)
     part = np.zeros((nchunk, f))
     for t in prange(nchunk):
+        pt = part[t]
         for r in range(t * m // nchunk, (t + 1) * m // nchunk):
-            for c in range(f):
-                v = dy2[r, c] if y2[r, c] > 0 else 0.0
-                out[r, c] = v
-                part[t, c] += v
+            row = U(r * f)
+            for c in range(U(f)):
+                v = dyf[row + c] if yf[row + c] > 0 else 0.0
+                of[row + c] = v
+                pt[c] += v
     return part
 
 
