@@ -486,8 +486,9 @@ def _sum_rows(a2):
 
 
 def _relu_masked(y2, dy2):
-    """(dy2 masked by y2 > 0 as a new array, its column sums), in one pass."""
-    out = np.empty_like(dy2)
+    """(dy2 masked by y2 > 0, its column sums), in one pass. The masked copy is a scratch
+    buffer: it never leaves `conv_backward`."""
+    out = _buffer("dy", dy2.shape, dy2.dtype)
     part = _relu_mask_sums(_c(y2, dy2.dtype), dy2, out, max(1, min(64, dy2.shape[0])))
     return out, part.sum(axis=0).astype(dy2.dtype)
 
