@@ -8,10 +8,43 @@ Arrays are channels-last as declared: x is (N, *input).
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import os
+import sys
+
 import networkx as nx
 import numpy as np
 
 from cnndsl.ops import OPS, Ctx
+
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters
+_allocator_tuned = False
+
+
+def _keep_freed_memory() -> None:
+    """Ask glibc's malloc to keep freed memory instead of returning it to the kernel.
+
+    A training step frees and reallocates the same activation-sized arrays; by default
+    glibc trims the heap top and serves arrays above a (moving) threshold with fresh mmaps,
+    so every step faults its memory in again, which is expensive on this VM (net A 5.8 ->
+    4.4 ms/step, net B 48 -> 43 ms single-threaded). Peak memory is unchanged: only the
+    release after a peak is skipped. Process-wide; done once, on Linux/glibc only, and not
+    when the user set glibc's own MALLOC_TRIM_THRESHOLD_ / MALLOC_MMAP_THRESHOLD_."""
+    global _allocator_tuned
+    if _allocator_tuned:
+        return
+    _allocator_tuned = True
+    if not sys.platform.startswith("linux") or any(
+            k in os.environ for k in ("MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_")):
+        return
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # not glibc
+        return
+    mallopt(_M_TRIM_THRESHOLD, 1 << 30)
+    mallopt(_M_MMAP_THRESHOLD, 32 << 20)  # glibc's maximum; larger arrays still use mmap
 
 
 class Model:
@@ -23,6 +56,7 @@ class Model:
         self.output_name = graph.graph["output"]
         self.output_shape = tuple(graph.nodes[self.output_name]["shape"])
         self.dtype = np.dtype(dtype)
+        _keep_freed_memory()
         self.ctx = Ctx(train=False, rng=np.random.default_rng(seed), backend=backend)
         self.layers = []  # (name, op class, params, geometry, local arrays, inputs)
         self._params: dict[str, np.ndarray] = {}

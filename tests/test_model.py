@@ -225,6 +225,23 @@ def test_inference_keeps_no_backward_state_and_backward_still_works():
     assert np.allclose(gx, gx_train) and all(np.allclose(g[n], g_train[n]) for n in g)
 
 
+def test_allocator_tuning_runs_once_and_respects_glibc_settings(monkeypatch):
+    import cnndsl.model as model_module
+
+    calls = []
+    monkeypatch.setattr(model_module.ctypes, "CDLL", lambda name: calls.append(name))
+    monkeypatch.setattr(model_module, "_allocator_tuned", False)
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "131072")
+    model_module._keep_freed_memory()
+    assert calls == []  # the user's own glibc setting wins
+    monkeypatch.setattr(model_module, "_allocator_tuned", False)
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_")
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
+    model_module._keep_freed_memory()  # CDLL returns None here: no mallopt, no crash
+    model_module._keep_freed_memory()
+    assert len(calls) == (1 if model_module.sys.platform.startswith("linux") else 0)
+
+
 # ---- against PyTorch ------------------------------------------------------------------------
 def relative_error(a, b):
     return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-12))
