@@ -385,10 +385,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.run(args, context)
     except CnnDslError as error:
+        from cnndsl.checkpoint import CheckpointError
+        from cnndsl.data import DataError
         from cnndsl.source import FileError
 
         path = context.get("path") or "<input>"
-        if error.span is None and not isinstance(error, FileError):
+        if isinstance(error, (DataError, CheckpointError)):
             path = "cnndsl"  # data and weights errors name their file in the message
         text = None if isinstance(error, FileError) else _source_for(context.get("path"))
         print(error.format(text, path), file=sys.stderr)
