@@ -178,7 +178,8 @@ def main(nets) -> None:
                   f"{ours['first_call_s']:7.2f}s")
     print("ratio = cnndsl / PyTorch's faster layout; MB = peak RSS growth during the run; "
           "1st call = compile + first forward in a fresh process (numba cache warm); "
-          "numpy float32 matmul ceiling here ≈ 300 GFLOP/s")
+          "numpy float32 matmul (4096²) reaches ≈470 GFLOP/s here with OpenBLAS's SkylakeX "
+          "kernels")
 
 
 if __name__ == "__main__":
