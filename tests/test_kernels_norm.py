@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from gradcheck import numgrad
 
 from cnndsl.kernels import norm as nb
 from cnndsl.kernels.reference import norm as ref
@@ -11,19 +12,6 @@ DTYPES = [np.float32, np.float64]
 EPS = 1e-5
 
 
-def numgrad(f, x, w, h=1e-6):
-    """Central differences of Σ f(x)·w with respect to x (float64)."""
-    g = np.zeros_like(x)
-    xf, gf = x.reshape(-1), g.reshape(-1)
-    for i in range(xf.size):
-        old = xf[i]
-        xf[i] = old + h
-        fp = np.sum(f(x) * w)
-        xf[i] = old - h
-        fm = np.sum(f(x) * w)
-        xf[i] = old
-        gf[i] = (fp - fm) / (2 * h)
-    return g
 
 
 def params(rng, c, dtype):
