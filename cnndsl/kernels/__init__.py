@@ -38,3 +38,13 @@ def weight5d(w: np.ndarray) -> np.ndarray:
     """A conv weight (F, C, *kernel) with 1-3 kernel axes -> (F, C, KD, KH, KW) view."""
     f, c, *kernel = w.shape
     return w.reshape(f, c, *([1] * (3 - len(kernel))), *kernel)
+
+
+def out_buffer(out, shape, dtype):
+    """`out` checked (C-contiguous, exact shape and dtype), or a fresh array."""
+    if out is None:
+        return np.empty(shape, dtype)
+    if out.shape != tuple(shape) or out.dtype != dtype or not out.flags.c_contiguous:
+        raise ValueError(f"out must be C-contiguous {dtype} {tuple(shape)}, got "
+                         f"{out.dtype} {out.shape}")
+    return out

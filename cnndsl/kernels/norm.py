@@ -17,17 +17,11 @@ import math
 import numpy as np
 from numba import njit, prange
 
+from cnndsl.kernels import out_buffer as _buffer
+
 _NCHUNK = 16
 
 
-def _buffer(out, shape, dtype):
-    """`out` checked (C-contiguous, exact shape and dtype), or a fresh array."""
-    if out is None:
-        return np.empty(shape, dtype)
-    if out.shape != tuple(shape) or out.dtype != dtype or not out.flags.c_contiguous:
-        raise ValueError(f"out must be C-contiguous {dtype} {tuple(shape)}, got "
-                         f"{out.dtype} {out.shape}")
-    return out
 
 
 @njit(parallel=True, cache=True)

@@ -26,6 +26,8 @@ import math
 import numpy as np
 from numba import njit, prange
 
+from cnndsl.kernels import out_buffer as _buffer
+
 _INT32_MAX = 2**31 - 1
 U = np.uint64  # an index type without the negative-index wraparound test
 
@@ -254,14 +256,6 @@ def _x5(x):
     return x
 
 
-def _buffer(out, shape, dtype):
-    """`out` checked (C-contiguous, exact shape and dtype), or a fresh array."""
-    if out is None:
-        return np.empty(shape, dtype)
-    if out.shape != tuple(shape) or out.dtype != dtype or not out.flags.c_contiguous:
-        raise ValueError(f"out must be C-contiguous {dtype} {tuple(shape)}, got "
-                         f"{out.dtype} {out.shape}")
-    return out
 
 
 def _check_spatial(x_shape):
