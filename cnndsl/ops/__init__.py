@@ -113,9 +113,10 @@ class Op:
     def geometry(p, in_shapes):
         return None
 
-    @staticmethod
-    def init(p, in_shape, rng) -> dict:
-        return {}
+    @classmethod
+    def init(cls, p, in_shape, rng) -> dict:
+        """PyTorch's default: kaiming-uniform weights and biases (nothing without params)."""
+        return kaiming_uniform(cls.param_shapes(p, in_shape), rng)
 
     @staticmethod
     def init_buffers(p, in_shape) -> dict:

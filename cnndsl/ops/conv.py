@@ -115,10 +115,6 @@ class Conv(Op):
     def geometry(p, in_shapes):
         return window3(in_shapes[0][:-1], p.kernel, p.stride, p.dilation, p.pad)
 
-    @staticmethod
-    def init(p, x, rng):
-        return kaiming_uniform(Conv.param_shapes(p, x), rng)
-
     #: the model may fold a following ReLU in: geometry then has "activation": "relu"
     fusable_activations = ("relu",)
 
@@ -210,10 +206,6 @@ class ConvT(Op):
                 "output_pad": to3(per_axis(p.output_pad, rank, "output_pad"), 0)}
 
     @staticmethod
-    def init(p, x, rng):
-        return kaiming_uniform(ConvT.param_shapes(p, x), rng)
-
-    @staticmethod
     def forward(p, g, w, xs, ctx):
         x = xs[0]
         y = ctx.kernels("conv").convt_forward(_as5d(x), _w5d(w["weight"]), w.get("bias"),
@@ -274,10 +266,6 @@ class DepthwiseConv(Op):
     @staticmethod
     def geometry(p, in_shapes):
         return window3(in_shapes[0][:-1], p.kernel, p.stride, 1, p.pad)
-
-    @staticmethod
-    def init(p, x, rng):
-        return kaiming_uniform(DepthwiseConv.param_shapes(p, x), rng)
 
     @staticmethod
     def forward(p, g, w, xs, ctx):
@@ -341,12 +329,6 @@ class SeparableConv(Op):
     @staticmethod
     def geometry(p, in_shapes):
         return window3(in_shapes[0][:-1], p.kernel, p.stride, 1, p.pad)
-
-    @staticmethod
-    def init(p, x, rng):
-        shapes = SeparableConv.param_shapes(p, x)
-        depthwise = kaiming_uniform({"depthwise": shapes.pop("depthwise")}, rng)
-        return {**depthwise, **kaiming_uniform(shapes, rng)}
 
     @staticmethod
     def forward(p, g, w, xs, ctx):

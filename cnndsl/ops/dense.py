@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cnndsl.ops import Op, kaiming_uniform, register
+from cnndsl.ops import Op, register
 from cnndsl.ops.args import Count, Flag, arg
 
 
@@ -80,10 +80,6 @@ class FC(Op):
     @staticmethod
     def macs(p, x, y):
         return sum(math.prod(s) for s in FC.param_shapes(p, x).values())
-
-    @staticmethod
-    def init(p, x, rng):
-        return kaiming_uniform(FC.param_shapes(p, x), rng)
 
     @staticmethod
     def forward(p, g, w, xs, ctx):
