@@ -1,9 +1,9 @@
 """A checked graph as a runnable, differentiable model (LANGUAGE.md §7).
 
-Forward runs the layers in the IR's (topological) order, each op's `forward` returning its
-output and what its backward needs. Backward walks the same order reversed, calls each
-op's `backward`, and adds up the gradients of nodes that fan out (micrograd's scheme).
-Arrays are channels-last as declared: x is (N, *input).
+Arrays are channels-last as declared: x is (N, *input). `_Runner` does the work (forward
+and reverse-mode backward over the layers); `Model` owns the parameters and, when it is
+exact, cuts a batch into one shard per thread (cnndsl.parallel) and adds the shards'
+gradients up.
 """
 
 from __future__ import annotations
@@ -12,11 +12,13 @@ import ctypes
 import ctypes.util
 import os
 import sys
+from functools import partial
 
 import networkx as nx
 import numpy as np
 
 from cnndsl.ops import OPS, Ctx
+from cnndsl.parallel import run_sharded, shard_bounds, shard_count
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters
 _allocator_tuned = False
@@ -48,6 +50,10 @@ def _keep_freed_memory() -> None:
 
 
 class Model:
+    """A compiled network. Parameters (and buffers) live here; running them is a `_Runner`'s
+    job: one for whole batches and, for data-parallel steps (cnndsl.parallel), one more per
+    extra thread, all reading the same parameter arrays."""
+
     def __init__(self, graph: nx.DiGraph, seed: int = 0, dtype=np.float32,
                  backend: str = "numba"):
         self.graph = graph
@@ -56,60 +62,84 @@ class Model:
         self.output_name = graph.graph["output"]
         self.output_shape = tuple(graph.nodes[self.output_name]["shape"])
         self.dtype = np.dtype(dtype)
+        self.backend = backend
+        #: cut batches across threads when that is exact (see `_shards`); False: never
+        self.data_parallel = True
         _keep_freed_memory()
-        self.ctx = Ctx(train=False, rng=np.random.default_rng(seed), backend=backend)
-        self.layers = []  # (name, op class, params, geometry, local arrays, inputs)
         self._params: dict[str, np.ndarray] = {}
         self._buffers: dict[str, np.ndarray] = {}
+        self._arrays: dict[str, dict] = {}  # layer -> its parameters and buffers by local name
         init_rng = np.random.default_rng(seed)
         for name, node in graph.nodes(data=True):
             if node["op"] == "Input":
                 self.input_name = name
                 continue
             op = OPS[node["op"]]
-            in_shapes = [graph.nodes[i]["shape"] for i in node["inputs"]]
-            local = {}
-            for kind, arrays, store in (
-                    ("param", op.init(node["params"], in_shapes[0], init_rng), self._params),
-                    ("buffer", op.init_buffers(node["params"], in_shapes[0]), self._buffers)):
+            in_shape = graph.nodes[node["inputs"][0]]["shape"]
+            local = self._arrays[name] = {}
+            for arrays, store in ((op.init(node["params"], in_shape, init_rng), self._params),
+                                  (op.init_buffers(node["params"], in_shape), self._buffers)):
                 for local_name, array in arrays.items():
                     array = np.ascontiguousarray(array, dtype=self.dtype)
                     local[local_name] = array
                     store[f"{name}.{local_name}"] = array
-            geometry = op.geometry(node["params"], in_shapes)
-            self.layers.append((name, op, node["params"], geometry, local, node["inputs"]))
         self._consumers = {name: 0 for name in graph.nodes}
-        for *_, inputs in self.layers:
-            for source in inputs:
+        for name, node in graph.nodes(data=True):
+            for source in node.get("inputs", ()):
                 self._consumers[source] += 1
         last = graph.nodes[self.output_name]
         # a network ending in Softmax is trained on the logits before it (fused loss)
         self.logits_name = last["inputs"][0] if last["op"] == "Softmax" else self.output_name
-        self._fuse_activations()
-        self._saved = None
+        self._splits_in_training = all(
+            OPS[node["op"]].splits_batch_in_training for _, node in graph.nodes(data=True))
+        self._runners = [_Runner(self, np.random.default_rng(seed))]
+        self._last_shards = None  # [(runner, start, end)] of the last forward that saved
         self._eval_input = None
-        self._logits = None
 
-    def _fuse_activations(self) -> None:
-        """The fusion plan, made once: a layer whose op lists an activation in
-        `fusable_activations`, read only by a layer of that activation, computes it itself
+    @property
+    def ctx(self) -> Ctx:
+        """The main runner's context (its `rng` draws the dropout masks)."""
+        return self._runners[0].ctx
+
+    @property
+    def layers(self) -> list:
+        """(name, op, params, geometry, arrays, inputs) per layer, in execution order."""
+        return self._runners[0].layers
+
+    def make_layers(self) -> list:
+        """A fresh execution plan: per-layer geometry (which an op may use as its own work
+        area, so each runner gets its own) with activations fused in, over the shared
+        parameter arrays."""
+        layers = []
+        for name, node in self.graph.nodes(data=True):
+            if node["op"] == "Input":
+                continue
+            op = OPS[node["op"]]
+            in_shapes = [self.graph.nodes[i]["shape"] for i in node["inputs"]]
+            layers.append((name, op, node["params"], op.geometry(node["params"], in_shapes),
+                           self._arrays[name], node["inputs"]))
+        self._fuse_activations(layers)
+        return layers
+
+    def _fuse_activations(self, layers: list) -> None:
+        """The fusion plan: a layer whose op lists an activation in `fusable_activations`,
+        read only by a layer of that activation, computes it itself
         (geometry["activation"]); the activation layer becomes a pass-through. Saves a pass
         over the activations each way and one activation-sized array."""
-        index = {name: i for i, (name, *_) in enumerate(self.layers)}
-        for i, (name, op, params, geometry, local, inputs) in enumerate(self.layers):
+        index = {name: i for i, (name, *_) in enumerate(layers)}
+        for i, (name, op, params, geometry, local, inputs) in enumerate(layers):
             kind = getattr(op, "activation", None)
             if kind is None or len(inputs) != 1 or inputs[0] not in index:
                 continue
             source = inputs[0]
             j = index[source]
-            producer = self.layers[j]
+            producer = layers[j]
             if (kind not in getattr(producer[1], "fusable_activations", ())
                     or self._consumers[source] != 1 or source == self.logits_name
                     or not isinstance(producer[3], dict) or "activation" in producer[3]):
                 continue
-            self.layers[j] = (*producer[:3], {**producer[3], "activation": kind},
-                              *producer[4:])
-            self.layers[i] = (name, _FusedInto, params, geometry, local, inputs)
+            layers[j] = (*producer[:3], {**producer[3], "activation": kind}, *producer[4:])
+            layers[i] = (name, _FusedInto, params, geometry, local, inputs)
 
     # ---- parameters -------------------------------------------------------------
     @property
@@ -132,29 +162,16 @@ class Model:
         With `train=False` no backward state is kept (each activation is freed once read),
         only a reference to x: a `backward()` after it runs this forward again, saving."""
         x = self._check_input(x)
-        y = self._run(x, train, save=train)
+        outputs = self._forward_shards(x, train, save=train)
         self._eval_input = None if train else x
-        return y
+        return _joined(outputs)
 
-    def _run(self, x: np.ndarray, train: bool, save: bool) -> np.ndarray:
-        self.ctx.train = train
-        values = {self.input_name: x}
-        remaining = dict(self._consumers)
-        saved = {}
-        self._saved = None
-        for name, op, params, geometry, local, inputs in self.layers:
-            y, state = op.forward(params, geometry, local, [values[i] for i in inputs],
-                                  self.ctx)
-            if save:
-                saved[name] = state
-            values[name] = y
-            for source in inputs:  # free what no later layer reads
-                remaining[source] -= 1
-                if remaining[source] == 0 and source != self.logits_name:
-                    del values[source]
-        self._saved = saved if save else None
-        self._logits = values[self.logits_name]
-        return values[self.output_name]
+    def _forward_shards(self, x: np.ndarray, train: bool, save: bool) -> list:
+        shards = self._shards(len(x), train)
+        outputs = run_sharded([partial(runner.run, x[start:end], train, save)
+                               for runner, start, end in shards])
+        self._last_shards = shards if save else None
+        return outputs
 
     def backward(self, gy: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """After a forward: gradient of the input and of every parameter, given dL/dy."""
@@ -162,7 +179,18 @@ class Model:
         if gy.shape[1:] != self.output_shape:
             raise ValueError(f"gy must be (N, {', '.join(map(str, self.output_shape))}), "
                              f"got {gy.shape}")
-        return self._backward({self.output_name: gy})
+        if self._last_shards is None and self._eval_input is not None:
+            # forward(train=False) kept nothing: run it again, saving
+            self._forward_shards(self._eval_input, train=False, save=True)
+        if self._last_shards is None:
+            raise RuntimeError("backward() needs a forward() first")
+        if len(gy) != self._last_shards[-1][2]:
+            raise ValueError(f"gy has {len(gy)} rows but the last forward had "
+                             f"{self._last_shards[-1][2]}")
+        results = run_sharded([
+            partial(runner.backward, {self.output_name: gy[start:end]}, True)
+            for runner, start, end in self._last_shards])
+        return _joined([dx for dx, _ in results]), self._summed([g for _, g in results])
 
     def loss_and_grads(self, x: np.ndarray, labels: np.ndarray, train: bool = True):
         """Mean softmax cross-entropy of integer `labels`, and its gradients.
@@ -170,48 +198,52 @@ class Model:
         Fused and numerically stable: the loss is computed from the logits (the input of
         a final Softmax, or the output itself if there is none). Returns
         (loss, probabilities, grads) where grads is name -> array as `parameters()`."""
-        self._run(self._check_input(x), train, save=True)
-        self._eval_input = None
-        logits = self._logits.reshape(self._logits.shape[0], -1)
+        x = self._check_input(x)
         labels = np.asarray(labels, dtype=np.int64)
-        loss, dlogits = self.ctx.kernels("loss").softmax_cross_entropy(logits, labels)
-        probs = self.ctx.kernels("loss").softmax_forward(logits)
-        _, grads = self._backward({self.logits_name: dlogits.reshape(self._logits.shape)},
-                                  need_input_grad=False)
-        return float(loss), probs, grads
+        if labels.shape != (len(x),):
+            raise ValueError(f"labels must be ({len(x)},) integers, got {labels.shape}")
+        self._eval_input = None
+        shards = self._shards(len(x), train)
+        results = run_sharded([
+            partial(runner.loss_and_grads, x[start:end], labels[start:end], train,
+                    (end - start) / len(x) if len(shards) > 1 else None)
+            for runner, start, end in shards])
+        self._last_shards = shards
+        if len(results) == 1:
+            loss = results[0][0]
+        else:  # each shard's mean, weighted by its share of the batch
+            loss = sum(shard_loss * (end - start) for (shard_loss, _, _), (_, start, end)
+                       in zip(results, shards)) / len(x)
+        return loss, _joined([probs for _, probs, _ in results]), self._summed(
+            [grads for *_, grads in results])
 
-    def _backward(self, seeds: dict, need_input_grad: bool = True):
-        if self._saved is None and self._eval_input is not None:
-            self._run(self._eval_input, train=False, save=True)  # forward(train=False) kept none
-        if self._saved is None:
-            raise RuntimeError("backward() needs a forward() first")
-        pending = dict(seeds)
-        owned = {}  # node -> True once its gradient is an array we allocated (safe to +=)
-        grads = {}
-        for name, op, params, geometry, local, inputs in reversed(self.layers):
-            dy = pending.pop(name, None)
-            if dy is None:
-                continue  # not on a path to the seeds (e.g. the Softmax behind the logits)
-            self.ctx.need_dx = need_input_grad or any(i != self.input_name for i in inputs)
-            dxs, dws = op.backward(params, geometry, local, self._saved[name], dy, self.ctx)
-            for local_name, grad in dws.items():
-                grads[f"{name}.{local_name}"] = grad.astype(self.dtype, copy=False)
-            for source, dx in zip(inputs, dxs):
-                if dx is None or (source == self.input_name and not need_input_grad):
-                    continue
-                if source not in pending:
-                    pending[source] = dx
-                elif owned.get(source):
-                    pending[source] += dx
-                else:  # fan-out: sum into a new array, never into one an op may share
-                    pending[source] = pending[source] + dx
-                    owned[source] = True
+    def _shards(self, n: int, train: bool) -> list:
+        """[(runner, start, end)]: the whole batch on the main runner, or near-equal shards
+        of it, one per thread, when that changes nothing but rounding: every op works
+        sample by sample in this mode (no batch statistics, no dropout masks to draw)."""
+        count = 1
+        if (self.data_parallel and self.backend == "numba"
+                and (self._splits_in_training or not train)):
+            count = shard_count(n)
+        while len(self._runners) < count:
+            self._runners.append(_Runner(self, np.random.default_rng(len(self._runners))))
+        return [(runner, start, end) for runner, (start, end)
+                in zip(self._runners, shard_bounds(n, count))]
+
+    def _summed(self, shard_grads: list[dict]) -> dict[str, np.ndarray]:
+        """Parameter gradients in `parameters()` order, summed over shards in shard order
+        (zeros for parameters no gradient reached)."""
         ordered = {}
         for name, array in self._params.items():
-            grad = grads.get(name)
-            ordered[name] = grad if grad is not None else np.zeros_like(array)
-        self.ctx.need_dx = True
-        return pending.get(self.input_name), ordered
+            parts = [grads[name] for grads in shard_grads if name in grads]
+            if not parts:
+                ordered[name] = np.zeros_like(array)
+                continue
+            total = parts[0]
+            for part in parts[1:]:
+                total = total + part
+            ordered[name] = total
+        return ordered
 
     def _check_input(self, x) -> np.ndarray:
         x = np.asarray(x)
@@ -226,6 +258,92 @@ class Model:
                 f"{self.num_params:,} parameters, {len(self.layers)} layers>")
 
 
+def _joined(parts: list):
+    """Shard results back into one batch (the array itself for a single shard)."""
+    if len(parts) == 1 or parts[0] is None:
+        return parts[0]
+    return np.concatenate(parts)
+
+
+class _Runner:
+    """Runs the layers on a batch (or a shard of one) and keeps what its backward needs.
+
+    Forward runs the layers in the IR's (topological) order, each op's `forward` returning
+    its output and what its backward needs. Backward walks the same order reversed, calls
+    each op's `backward`, and adds up the gradients of nodes that fan out (micrograd's
+    scheme)."""
+
+    def __init__(self, model: Model, rng: np.random.Generator):
+        self.model = model
+        self.ctx = Ctx(train=False, rng=rng, backend=model.backend)
+        self.layers = model.make_layers()
+        self.saved = None
+        self.logits = None
+
+    def run(self, x: np.ndarray, train: bool, save: bool) -> np.ndarray:
+        model = self.model
+        self.ctx.train = train
+        values = {model.input_name: x}
+        remaining = dict(model._consumers)
+        saved = {}
+        self.saved = None
+        for name, op, params, geometry, local, inputs in self.layers:
+            y, state = op.forward(params, geometry, local, [values[i] for i in inputs],
+                                  self.ctx)
+            if save:
+                saved[name] = state
+            values[name] = y
+            for source in inputs:  # free what no later layer reads
+                remaining[source] -= 1
+                if remaining[source] == 0 and source != model.logits_name:
+                    del values[source]
+        self.saved = saved if save else None
+        self.logits = values[model.logits_name]
+        return values[model.output_name]
+
+    def loss_and_grads(self, x, labels, train: bool, share: float | None):
+        """Forward, fused softmax cross-entropy (mean over this batch) and backward.
+        `share`: this shard's fraction of the whole batch; the logits' gradient is scaled
+        by it, so that shard gradients add up to those of the whole batch's mean loss."""
+        self.run(x, train, save=True)
+        logits = self.logits.reshape(len(x), -1)
+        kernels = self.ctx.kernels("loss")
+        loss, dlogits = kernels.softmax_cross_entropy(logits, labels)
+        probs = kernels.softmax_forward(logits)
+        if share is not None:
+            dlogits *= share
+        _, grads = self.backward({self.model.logits_name: dlogits.reshape(self.logits.shape)},
+                                 need_input_grad=False)
+        return float(loss), probs, grads
+
+    def backward(self, seeds: dict, need_input_grad: bool = True):
+        """Gradients from `seeds` (node -> dL/d node) -> (dx or None, name -> grad)."""
+        if self.saved is None:
+            raise RuntimeError("backward() needs a forward() first")
+        input_name = self.model.input_name
+        pending = dict(seeds)
+        owned = {}  # node -> True once its gradient is an array we allocated (safe to +=)
+        grads = {}
+        for name, op, params, geometry, local, inputs in reversed(self.layers):
+            dy = pending.pop(name, None)
+            if dy is None:
+                continue  # not on a path to the seeds (e.g. the Softmax behind the logits)
+            self.ctx.need_dx = need_input_grad or any(i != input_name for i in inputs)
+            dxs, dws = op.backward(params, geometry, local, self.saved[name], dy, self.ctx)
+            for local_name, grad in dws.items():
+                grads[f"{name}.{local_name}"] = grad.astype(self.model.dtype, copy=False)
+            for source, dx in zip(inputs, dxs):
+                if dx is None or (source == input_name and not need_input_grad):
+                    continue
+                if source not in pending:
+                    pending[source] = dx
+                elif owned.get(source):
+                    pending[source] += dx
+                else:  # fan-out: sum into a new array, never into one an op may share
+                    pending[source] = pending[source] + dx
+                    owned[source] = True
+        self.ctx.need_dx = True
+        return pending.get(input_name), grads
 
 
 class _FusedInto:

@@ -219,7 +219,7 @@ def test_inference_keeps_no_backward_state_and_backward_still_works():
     model.forward(x, train=True)
     gx_train, g_train = model.backward(r)
     y = model.forward(x, train=False)
-    assert model._saved is None  # nothing kept for backward
+    assert all(runner.saved is None for runner in model._runners)  # nothing kept for backward
     gx, g = model.backward(r)    # ... which re-runs the forward, saving
     assert np.array_equal(model.forward(x), y)
     assert np.allclose(gx, gx_train) and all(np.allclose(g[n], g_train[n]) for n in g)

@@ -11,7 +11,8 @@ Conventions shared by every kernel module:
 - Weights keep PyTorch's layouts (LANGUAGE.md §4), 5-D for kernels: conv weight
   `F×(C/groups)×KD×KH×KW`; a kernel may re-layout them internally.
 - Kernels are dtype-generic (float32 in training, float64 in gradient checks).
-- `cnndsl/kernels/<name>.py` holds `@njit(parallel=True, cache=True)` kernels plus thin
+- `cnndsl/kernels/<name>.py` holds `@njit(parallel=True, cache=True, nogil=True)` kernels
+  (nogil: the model runs shards of a batch on several Python threads at once) plus thin
   Python wrappers with the signatures the ops call; `cnndsl/kernels/reference/<name>.py`
   holds plain NumPy functions with the SAME wrapper signatures and results, written to be
   obviously correct rather than fast. Tests compare the two.

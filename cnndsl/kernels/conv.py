@@ -16,10 +16,11 @@ loops are `@njit(parallel=True)`. Transposed conv is the adjoint of conv and reu
 pieces; depthwise conv (groups = C) uses direct loops vectorised over the channel axis, since a
 per-channel GEMM would be tiny; locally connected layers are one small GEMM per output position.
 
-Scratch: `cols` / `dcols` live in module-level buffers that grow to the largest block seen and
+Scratch: `cols` / `dcols` live in per-thread buffers that grow to the largest block seen and
 are reused by later calls (large fresh allocations page-fault on every step). They never escape
-a wrapper, so outputs stay independent; the wrappers are therefore not thread-safe.
-`clear_scratch()` releases them.
+a wrapper, so outputs stay independent, and each thread has its own, so wrappers may run on
+several threads at once (the model's data-parallel steps do). `clear_scratch()` releases the
+calling thread's buffers.
 
 Threads: Numba's pool and OpenBLAS's take turns on the same cores. With their default
 busy-waiting each slows the other 2x or more; `import cnndsl` sets OMP_WAIT_POLICY=PASSIVE,
@@ -30,26 +31,34 @@ loads OpenBLAS and before the first kernel starts OpenMP.
 from __future__ import annotations
 
 import math
+import threading
 
 import numpy as np
 from numba import njit, prange
 
-_scratch: dict[tuple[str, np.dtype], np.ndarray] = {}
+_per_thread = threading.local()  # .scratch: (slot, dtype) -> reusable flat array
 _BLOCK_BYTES = 8 << 20  # patch-matrix bytes per block: well inside this machine's 32 MiB L3
 
 
 def _buffer(slot: str, shape: tuple, dtype) -> np.ndarray:
     """A reusable array of `shape` (contents undefined), valid until the next use of `slot`."""
     size, key = math.prod(shape), (slot, np.dtype(dtype))
-    buf = _scratch.get(key)
+    scratch = _thread_scratch()
+    buf = scratch.get(key)
     if buf is None or buf.size < size:
-        buf = _scratch[key] = np.empty(size, dtype)
+        buf = scratch[key] = np.empty(size, dtype)
     return buf[:size].reshape(shape)
 
 
+def _thread_scratch() -> dict:
+    if not hasattr(_per_thread, "scratch"):
+        _per_thread.scratch = {}
+    return _per_thread.scratch
+
+
 def clear_scratch() -> None:
-    """Free the reusable im2col/col2im buffers."""
-    _scratch.clear()
+    """Free this thread's reusable im2col/col2im buffers."""
+    _thread_scratch().clear()
 
 
 def _c(a, dtype=None) -> np.ndarray:
@@ -67,7 +76,7 @@ def conv_output(sizes, kernel, stride, dilation, pad_before, pad_after) -> tuple
 U = np.uint64  # an index type without the negative-index wraparound test
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _span(offset, step, n_in, n_out):
     """The outputs o in [lo, hi) whose input index o·step + offset lies in [0, n_in)."""
     lo = max(0, (step - 1 - offset) // step)
@@ -75,7 +84,7 @@ def _span(offset, step, n_in, n_out):
     return lo, hi
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _im2col(x, cols, kd, kh, kw, sd, sh, sw, dd, dh, dw, pd0, ph0, pw0, od_, oh_, ow_):
     """cols[g, row, ((a·KH + b)·KW + e)·Cg + c] = xpad[n, od·sd + a·dd, oh·sh + b·dh,
     ow·sw + e·dw, g·Cg + c] (zero outside x). x: N×D×H×W×C, cols: G×M×Kg, Cg = C/G.
@@ -128,7 +137,7 @@ def _im2col(x, cols, kd, kh, kw, sd, sh, sw, dd, dh, dw, pd0, ph0, pw0, od_, oh_
                                     cf[k + c] = 0
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _col2im(dcols, dx, kd, kh, kw, sd, sh, sw, dd, dh, dw, pd0, ph0, pw0, od_, oh_, ow_):
     """Adjoint of `_im2col`: dx[n, i, j, q, g·Cg + c] = sum of the dcols entries that read it.
     dcols: G×M×Kg, dx: N×D×H×W×C (overwritten). Gathers, parallel over input rows (n, i, j);
@@ -168,7 +177,7 @@ def _col2im(dcols, dx, kd, kh, kw, sd, sh, sw, dd, dh, dw, pd0, ph0, pw0, od_, o
                                 dxf[dst + c] += dcf[src + c]
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _add_rows(y2, b, relu):
     """y2[r, :] = y2[r, :] + b for every row, then max(·, 0) if `relu` (NaN propagates).
     y2: M×F (C-contiguous). Parallel over row blocks; flat unsigned indices (see `_im2col`)."""
@@ -183,7 +192,7 @@ def _add_rows(y2, b, relu):
                 yf[row + c] = 0.0 if relu and v < 0 else v
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _row_sums(a, nchunk):
     """Float64 partial column sums of a: M×F (C-contiguous); chunk t sums rows
     [t·M/T, (t+1)·M/T)."""
@@ -199,7 +208,7 @@ def _row_sums(a, nchunk):
     return part
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _relu_mask_sums(y2, dy2, out, nchunk):
     """out = dy2 where y2 > 0 else 0 (the ReLU backward folded into the conv's), and float64
     partial column sums of out as `_row_sums`. y2, dy2, out: M×F, C-contiguous; out may be
@@ -218,7 +227,7 @@ def _relu_mask_sums(y2, dy2, out, nchunk):
     return part
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _expand(xr, mult, out):
     """out[q, c·m + k] = xr[q, c]: an input row repeated to the depthwise output channels.
     Returns xr itself when m = 1."""
@@ -231,7 +240,7 @@ def _expand(xr, mult, out):
     return out
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _dw_forward(x, wt, b, y, mult, kd, kh, kw, sd, sh, sw, dd, dh, dw, pd0, ph0, pw0):
     """Depthwise conv: y[n, o, c·m + k] = b[c·m + k] + sum_tap xpad[n, o·s + tap·d, c] ·
     wt[tap, c·m + k]. x: N×D×H×W×C, wt: (KD·KH·KW)×(C·m), y: N×OD×OH×OW×(C·m) (overwritten).
@@ -264,7 +273,7 @@ def _dw_forward(x, wt, b, y, mult, kd, kh, kw, sd, sh, sw, dd, dh, dw, pd0, ph0,
                             yo[o] += xo[o] * wk[o]
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _dw_backward_x(dy, wt, dx, mult, kd, kh, kw, sd, sh, sw, dd, dh, dw, pd0, ph0, pw0):
     """dx of `_dw_forward` (dx: N×D×H×W×C, overwritten). Gathers, parallel over input rows
     (n, i, j); each iteration writes only dx[n, i, j]."""
@@ -300,7 +309,7 @@ def _dw_backward_x(dy, wt, dx, mult, kd, kh, kw, sd, sh, sw, dd, dh, dw, pd0, ph
                 dxr[q, c] = total
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _dw_backward_w(x, dy, part, mult, kd, kh, kw, sd, sh, sw, dd, dh, dw, pd0, ph0, pw0):
     """Partial weight gradients of `_dw_forward`: part[t, tap, o] sums chunk t of the output rows
     (n, od, oh). part: T×(KD·KH·KW)×(C·m), zeroed by the caller. Parallel over chunks."""
@@ -334,7 +343,7 @@ def _dw_backward_w(x, dy, part, mult, kd, kh, kw, sd, sh, sw, dd, dh, dw, pd0, p
                                 pk[o] += do[o] * xo[o]
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _local_im2col(x, cols, kd, kh, kw, sd, sh, sw, od_, oh_, ow_):
     """cols[p, n, ((c·KD + a)·KH + b)·KW + e] = x[n, od·sd + a, oh·sh + b, ow·sw + e, c] with
     p = (od·OH + oh)·OW + ow (the local weight's (C, KD, KH, KW) order). cols: P×N×K.
@@ -353,7 +362,7 @@ def _local_im2col(x, cols, kd, kh, kw, sd, sh, sw, od_, oh_, ow_):
                                 x[n, od * sd + a, oh * sh + b, ow * sw + e, c]
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _local_col2im(dcols, dx, kd, kh, kw, sd, sh, sw, od_, oh_, ow_):
     """Adjoint of `_local_im2col` into dx: N×D×H×W×C (overwritten). Parallel over images n;
     each iteration writes only dx[n]."""

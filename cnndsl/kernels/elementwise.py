@@ -27,7 +27,7 @@ def _flat(a):
 
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _relu_fwd(x, y):
     for i in prange(x.size):
         v = x[i]
@@ -35,14 +35,14 @@ def _relu_fwd(x, y):
     return y
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _relu_bwd(y, dy, dx):
     for i in prange(y.size):
         dx[i] = dy[i] if y[i] > 0 else 0.0
     return dx
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _leaky_fwd(x, alpha, y):
     for i in prange(x.size):
         v = x[i]
@@ -50,21 +50,21 @@ def _leaky_fwd(x, alpha, y):
     return y
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _leaky_bwd(x, dy, alpha, dx):
     for i in prange(x.size):
         dx[i] = dy[i] if x[i] > 0 else alpha * dy[i]
     return dx
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _neg_abs(x, y):
     for i in prange(x.size):
         y[i] = -abs(x[i])
     return y
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _sigmoid_finish(x, e, y):
     """e = exp(-|x|) -> y = 1/(1 + e) for x >= 0, e/(1 + e) below (y may be e)."""
     for i in prange(x.size):
@@ -74,21 +74,21 @@ def _sigmoid_finish(x, e, y):
     return y
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _sigmoid_bwd(y, dy, dx):
     for i in prange(y.size):
         dx[i] = dy[i] * y[i] * (1.0 - y[i])
     return dx
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _tanh_bwd(y, dy, dx):
     for i in prange(y.size):
         dx[i] = dy[i] * (1.0 - y[i] * y[i])
     return dx
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _bias_fwd(x2, b, relu, y2):
     m_, c_ = x2.shape
     for m in prange(m_):
@@ -98,7 +98,7 @@ def _bias_fwd(x2, b, relu, y2):
     return y2
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _dropout_fwd(x, p, scale, mask, y):
     """`mask` holds uniform [0, 1) draws on entry; keep where u >= p."""
     for i in prange(x.size):
@@ -107,7 +107,7 @@ def _dropout_fwd(x, p, scale, mask, y):
     return y
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _mul(a, b, y):
     for i in prange(a.size):
         y[i] = a[i] * b[i]

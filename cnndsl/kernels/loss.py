@@ -15,7 +15,7 @@ from numba import njit, prange
 from cnndsl.kernels import out_buffer as _buffer
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _exp_row(x, i, y):
     """y[i] = exp(x[i] - max x[i]); returns (max, Σ exp) in float64."""
     k_ = x.shape[1]
@@ -30,7 +30,7 @@ def _exp_row(x, i, y):
     return m, s
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _softmax_fwd(x, y):
     n_, k_ = x.shape
     for i in prange(n_):
@@ -41,7 +41,7 @@ def _softmax_fwd(x, y):
     return y
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _softmax_bwd(y, dy, dx):
     n_, k_ = y.shape
     for i in prange(n_):
@@ -53,7 +53,7 @@ def _softmax_bwd(y, dy, dx):
     return dx
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _softmax_xent(x, labels, dx):
     """dx = (softmax(x) - onehot) / N; returns mean over rows of logsumexp - x[label]."""
     n_, k_ = x.shape

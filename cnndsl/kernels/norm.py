@@ -24,7 +24,7 @@ _NCHUNK = 16
 
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _bn_train_fwd(x, gamma, beta, eps, y, mean, var, inv_std):
     m_, c_ = x.shape
     nch = min(_NCHUNK, m_)
@@ -59,7 +59,7 @@ def _bn_train_fwd(x, gamma, beta, eps, y, mean, var, inv_std):
     return y
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _bn_train_bwd(x, dy, gamma, mean, inv_std, dx, dgamma, dbeta):
     m_, c_ = x.shape
     nch = min(_NCHUNK, m_)
@@ -93,7 +93,7 @@ def _bn_train_bwd(x, dy, gamma, mean, inv_std, dx, dgamma, dbeta):
     return dx
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _bn_eval_fwd(x, gamma, beta, rmean, rvar, eps, y):
     m_, c_ = x.shape
     a = np.empty(c_)
@@ -105,7 +105,7 @@ def _bn_eval_fwd(x, gamma, beta, rmean, rvar, eps, y):
     return y
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _bn_eval_bwd(x, dy, gamma, rmean, rvar, eps, dx, dgamma, dbeta):
     """One fused pass: dx = dy·γ/sqrt(rv + eps) and the chunk partials of Σdy, Σdy·(x - rm)."""
     m_, c_ = x.shape

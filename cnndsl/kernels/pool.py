@@ -32,14 +32,14 @@ _INT32_MAX = 2**31 - 1
 U = np.uint64  # an index type without the negative-index wraparound test
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _window(o, s, p0, k, n):
     """Window of output `o` on an axis of `n` inputs: start and the clipped [lo, hi) offsets."""
     start = o * s - p0
     return start, max(0, -start), min(k, n - start)
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _maxpool_fwd(x, kd, kh, kw, sd, sh, sw, pd0, ph0, pw0, y, am):
     _, d_, h_, w_, c_ = x.shape
     n_, do, ho, wo, _ = y.shape
@@ -76,7 +76,7 @@ def _maxpool_fwd(x, kd, kh, kw, sd, sh, sw, pd0, ph0, pw0, y, am):
     return y, am
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _argmax_scatter(dy3, am3, cb, dx3):
     """dx3: N×S×C = 0, then dx3[n, am3[n, o, c], c] += dy3[n, o, c]; prange over (n, C block).
     Flat unsigned indices as in `_maxpool_fwd`."""
@@ -101,7 +101,7 @@ def _argmax_scatter(dy3, am3, cb, dx3):
     return dx3
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _sumpool_fwd(x, kd, kh, kw, sd, sh, sw, pd0, ph0, pw0, square, y):
     """y = Σ x over the window / (kd·kh·kw), or sqrt(Σ x²) when `square`."""
     _, d_, h_, w_, c_ = x.shape
@@ -133,7 +133,7 @@ def _sumpool_fwd(x, kd, kh, kw, sd, sh, sw, pd0, ph0, pw0, square, y):
     return y
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _cover_table(n, p0, k, s, nout):
     """lo[i], hi[i]: the outputs [lo, hi) whose windows contain input i on one axis."""
     lo = np.empty(n, np.int64)
@@ -145,7 +145,7 @@ def _cover_table(n, p0, k, s, nout):
     return lo, hi
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _sumpool_bwd(x, y, dy, kd, kh, kw, sd, sh, sw, pd0, ph0, pw0, square, dx):
     """Gather. Average: dx = Σ dy / K. L2 (`square`): dx = x · Σ dy / y, terms with y == 0 dropped.
 
@@ -183,7 +183,7 @@ def _sumpool_bwd(x, y, dy, kd, kh, kw, sd, sh, sw, pd0, ph0, pw0, square, dx):
     return dx
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _global_avg_fwd(x3, y):
     n_, s_, c_ = x3.shape
     for n in prange(n_):
@@ -196,7 +196,7 @@ def _global_avg_fwd(x3, y):
     return y
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _global_avg_bwd(dy, dx3):
     n_, s_, c_ = dx3.shape
     inv_s = 1.0 / s_
@@ -207,7 +207,7 @@ def _global_avg_bwd(dy, dx3):
     return dx3
 
 
-@njit(parallel=True, cache=True)
+@njit(parallel=True, cache=True, nogil=True)
 def _global_max_fwd(x3, y, am):
     n_, s_, c_ = x3.shape
     for n in prange(n_):

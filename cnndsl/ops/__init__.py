@@ -88,6 +88,9 @@ class Op:
     explain_bare = False
     #: family, for diagram colours: conv, pool, dense, activation, norm, merge, io, shape
     family = "other"
+    #: False if a training forward must see the whole batch in one call (batch statistics,
+    #: one random stream); the model then never splits a training batch across threads
+    splits_batch_in_training = True
 
     @staticmethod
     def shape(p, *in_shapes):

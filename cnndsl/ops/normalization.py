@@ -26,6 +26,7 @@ class BatchNorm(Op):
     name = "BatchNorm"
     Params = BatchNormParams
     family = "norm"
+    splits_batch_in_training = False  # batch statistics
 
     @staticmethod
     def shape(p, x):
@@ -97,6 +98,7 @@ class Dropout(Op):
     name = "Dropout"
     Params = DropoutParams
     family = "norm"
+    splits_batch_in_training = False  # one mask stream from ctx.rng, as a single call draws it
 
     @staticmethod
     def shape(p, x):
