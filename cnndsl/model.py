@@ -18,7 +18,7 @@ import networkx as nx
 import numpy as np
 
 from cnndsl.ops import OPS, Ctx
-from cnndsl.parallel import run_sharded, shard_bounds, shard_count
+from cnndsl.parallel import SMALL_NET_MACS, run_sharded, shard_bounds, shard_count
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters
 _allocator_tuned = False
@@ -92,6 +92,8 @@ class Model:
         self.logits_name = last["inputs"][0] if last["op"] == "Softmax" else self.output_name
         self._splits_in_training = all(
             OPS[node["op"]].splits_batch_in_training for _, node in graph.nodes(data=True))
+        self._small = sum(node.get("macs", 0) for _, node in graph.nodes(data=True)) \
+            <= SMALL_NET_MACS
         self._runners = [_Runner(self, np.random.default_rng(seed))]
         self._last_shards = None  # [(runner, start, end)] of the last forward that saved
         self._eval_input = None
@@ -169,7 +171,7 @@ class Model:
     def _forward_shards(self, x: np.ndarray, train: bool, save: bool) -> list:
         shards = self._shards(len(x), train)
         outputs = run_sharded([partial(runner.run, x[start:end], train, save)
-                               for runner, start, end in shards])
+                               for runner, start, end in shards], self._small)
         self._last_shards = shards if save else None
         return outputs
 
@@ -189,7 +191,7 @@ class Model:
                              f"{self._last_shards[-1][2]}")
         results = run_sharded([
             partial(runner.backward, {self.output_name: gy[start:end]}, True)
-            for runner, start, end in self._last_shards])
+            for runner, start, end in self._last_shards], self._small)
         return _joined([dx for dx, _ in results]), self._summed([g for _, g in results])
 
     def loss_and_grads(self, x: np.ndarray, labels: np.ndarray, train: bool = True):
@@ -207,7 +209,7 @@ class Model:
         results = run_sharded([
             partial(runner.loss_and_grads, x[start:end], labels[start:end], train,
                     (end - start) / len(x) if len(shards) > 1 else None)
-            for runner, start, end in shards])
+            for runner, start, end in shards], self._small)
         self._last_shards = shards
         if len(results) == 1:
             loss = results[0][0]
@@ -219,10 +221,11 @@ class Model:
 
     def _shards(self, n: int, train: bool) -> list:
         """[(runner, start, end)]: the whole batch on the main runner, or near-equal shards
-        of it, one per thread, when that changes nothing but rounding: every op works
+        of it, one per thread, when that is faster (not a small network, see
+        cnndsl.parallel.SMALL_NET_MACS) and changes nothing but rounding: every op works
         sample by sample in this mode (no batch statistics, no dropout masks to draw)."""
         count = 1
-        if (self.data_parallel and self.backend == "numba"
+        if (self.data_parallel and self.backend == "numba" and not self._small
                 and (self._splits_in_training or not train)):
             count = shard_count(n)
         while len(self._runners) < count:

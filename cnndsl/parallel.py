@@ -19,11 +19,18 @@ from concurrent.futures import ThreadPoolExecutor, wait
 
 #: a shard smaller than this is not worth a thread hand-off
 MIN_SHARD = 8
+#: forward multiply-accumulates per image up to which a network counts as small: it is not
+#: cut into shards, and runs with one BLAS thread (its convs are `_blocked` kernels, parallel
+#: themselves; its GEMMs are too small for two BLAS threads to pay). Measured on net A of
+#: benchmarks/bench_train.py (0.49 M): 2.9 ms per step cut, 2.8 whole; nets B (11 M) and
+#: C (154 M) are faster cut.
+SMALL_NET_MACS = 2_000_000
 
 _lock = threading.Lock()
 _pool: ThreadPoolExecutor | None = None
 _pool_size = 0
 _blas = None
+_kernel_blas_pinned = False
 
 
 def thread_count() -> int:
@@ -52,14 +59,18 @@ def shard_count(n: int) -> int:
     return max(1, min(thread_count(), n // MIN_SHARD))
 
 
-def run_sharded(tasks: list[Callable[[], object]]) -> list:
+def run_sharded(tasks: list[Callable[[], object]], one_blas_thread: bool = False) -> list:
     """Run each task (no arguments): the first on this thread, the others on worker threads,
     all with one Numba thread and one BLAS thread. Returns the results in task order; if a
-    task raises, its exception propagates once every task has ended."""
+    task raises, its exception propagates once every task has ended. A single task runs as
+    it is, with one BLAS thread if `one_blas_thread`."""
     import numba
 
     if len(tasks) == 1:
-        return [tasks[0]()]
+        if not one_blas_thread:
+            return [tasks[0]()]
+        with _blas_controller().limit(limits=1):
+            return [tasks[0]()]
     pool = _workers(len(tasks) - 1)
     with _blas_controller().limit(limits=1):
         futures = [pool.submit(task) for task in tasks[1:]]
@@ -91,10 +102,33 @@ def _one_numba_thread() -> None:
     numba.set_num_threads(1)  # per thread: this worker's kernels run serially
 
 
+def pin_kernel_blas() -> None:
+    """One thread for the BLAS that `np.dot` calls inside Numba kernels (SciPy's: Numba
+    reaches BLAS through scipy.linalg.cython_blas). Those calls run inside our own parallel
+    regions, one per thread; BLAS threads of their own would only fight them. In the wheels
+    NumPy's BLAS is a separate library and keeps its threads."""
+    global _kernel_blas_pinned
+    if _kernel_blas_pinned:
+        return
+    _kernel_blas_pinned = True
+    import os
+
+    import scipy
+    import scipy.linalg.cython_blas  # (loads the library)
+    from threadpoolctl import ThreadpoolController
+
+    scipy_dir = os.path.dirname(os.path.abspath(scipy.__file__))
+    for lib in ThreadpoolController().select(user_api="blas").lib_controllers:
+        if os.path.abspath(lib.filepath).startswith(scipy_dir):  # scipy/ or scipy.libs/
+            lib.set_num_threads(1)
+
+
 def _blas_controller():
-    """threadpoolctl's handle on the loaded BLAS libraries, found once (finding is slow)."""
+    """threadpoolctl's handle on the loaded BLAS libraries, found once (finding is slow);
+    after the kernels' BLAS is pinned, so that a limit's end restores its one thread."""
     global _blas
     if _blas is None:
+        pin_kernel_blas()
         from threadpoolctl import ThreadpoolController
 
         _blas = ThreadpoolController().select(user_api="blas")

@@ -259,6 +259,26 @@ def test_fused_relu_matches_reference_and_unfused(name):
     assert np.array_equal(dy, dy_before)  # dy is never masked in place (fan-out shares it)
 
 
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("block_bytes", [1, 1 << 20])
+@pytest.mark.parametrize("name", ["2d_same", "2d_stride_dil_groups4", "3d", "1d"])
+def test_any_cut_into_runs_and_blocks_gives_the_same_results(monkeypatch, name, threads,
+                                                            block_bytes):
+    """The blocked conv kernels cut the batch into one run per Numba thread (more runs than
+    cores is still correct) and blocks of whole images; any cut gives the reference."""
+    import numba
+
+    monkeypatch.setattr(K, "_THREAD_BLOCK_BYTES", block_bytes)  # 1: one image per block
+    monkeypatch.setattr(numba, "get_num_threads", lambda: threads)
+    x, w, b, args, *_ = setup("conv", name)
+    for keep in (None, {}):
+        y = K.conv_forward(x, w, b, *args, relu=True, keep=keep)
+        close(y, R.conv_forward(x, w, b, *args, relu=True), 1e-10)
+        dy = randn(np.random.default_rng(5), *y.shape)
+        close_all(K.conv_backward(x, w, dy, *args, y=y, keep=keep),
+                  R.conv_backward(x, w, dy, *args, y=y), 1e-10)
+
+
 @pytest.mark.parametrize("one_block", [True, False])
 @pytest.mark.parametrize("name", ["2d_same", "2d_stride_dil_groups4", "3d", "2d_1x1"])
 def test_patches_kept_by_the_forward_give_the_same_gradients(monkeypatch, name, one_block):
@@ -267,7 +287,7 @@ def test_patches_kept_by_the_forward_give_the_same_gradients(monkeypatch, name, 
     x, w, b, args, *_ = setup("conv", name)
     keep = {}
     y = K.conv_forward(x, w, b, *args, keep=keep)
-    assert ("cols" in keep) == one_block  # (for a 1x1 conv, a view of x)
+    assert ("cols" in keep) == (one_block and name != "2d_1x1")  # 1x1: the patches are x
     close(y, R.conv_forward(x, w, b, *args), 1e-10)
     dy = randn(np.random.default_rng(4), *y.shape)
     K.conv_forward(2 * x, w, b, *args)  # the scratch patches now hold another input

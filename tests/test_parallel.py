@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import cnndsl
+import cnndsl.model
 from cnndsl import parallel
 from cnndsl.model import Model
 
@@ -26,9 +27,11 @@ WITH_DROPOUT = "input 8x8x2\nConv(4, 3) -> ReLU -> Dropout(0.3) -> FC(3) -> Soft
 
 @pytest.fixture
 def shards(monkeypatch):
-    """Pretend the machine has `count` threads (more threads than cores is still correct)."""
+    """Pretend the machine has `count` threads (more threads than cores is still correct),
+    and that the small test networks are large enough to be cut."""
     def use(count):
         monkeypatch.setattr(parallel, "thread_count", lambda: count)
+        monkeypatch.setattr(cnndsl.model, "SMALL_NET_MACS", 0)
     return use
 
 
@@ -186,3 +189,29 @@ def test_backward_checks_the_batch_size(shards):
     model.forward(x, train=True)
     with pytest.raises(ValueError, match="rows"):
         model.backward(np.ones((31, *model.output_shape)))
+
+
+def test_small_networks_run_whole_with_one_blas_thread(monkeypatch):
+    """Below SMALL_NET_MACS a batch is not cut, and NumPy's BLAS runs single-threaded for the
+    step (the convs are parallel kernels themselves), then gets its threads back."""
+    from threadpoolctl import threadpool_info
+
+    monkeypatch.setattr(parallel, "thread_count", lambda: 2)
+    model, _ = pair(NO_BATCH_COUPLING)
+    assert model._small
+    x, labels = data(model, 64)
+    before = [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+    during = []
+    run = type(model._runners[0]).run
+
+    def spy(self, *args, **kwargs):
+        during.extend(lib["num_threads"] for lib in threadpool_info()
+                      if lib["user_api"] == "blas")
+        return run(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(model._runners[0]), "run", spy)
+    model.loss_and_grads(x, labels)
+    assert len(model._last_shards) == 1
+    assert during and set(during) == {1}
+    assert [lib["num_threads"] for lib in threadpool_info()
+            if lib["user_api"] == "blas"][:len(before)] == before

@@ -33,11 +33,16 @@ from __future__ import annotations
 import math
 import threading
 
+import numba
 import numpy as np
 from numba import njit, prange
 
+from cnndsl.parallel import pin_kernel_blas
+
 _per_thread = threading.local()  # .scratch: (slot, dtype) -> reusable flat array
 _BLOCK_BYTES = 8 << 20  # patch-matrix bytes per block: well inside this machine's 32 MiB L3
+_THREAD_BLOCK_BYTES = 256 << 10  # patch bytes per block and thread: well inside L2 here
+_BLOCKED_MAX_IMAGE_BYTES = 256 << 10  # see `_blocked`
 
 
 def _buffer(slot: str, shape: tuple, dtype) -> np.ndarray:
@@ -82,6 +87,106 @@ def _span(offset, step, n_in, n_out):
     lo = max(0, (step - 1 - offset) // step)
     hi = min(n_out, (n_in - 1 - offset) // step + 1)
     return lo, hi
+
+
+@njit(cache=True, nogil=True, inline="always")  # (a call, not inlined, was 2x slower)
+def _im2col_rows(x, cols, row_off, r0, r1, kd, kh, kw, sd, sh, sw, dd, dh, dw, pd0, ph0, pw0,
+                 od_, oh_, ow_):
+    """im2col of the output rows r0 <= r < r1, r = (n·OD + od)·OH + oh, into cols: G×R×Kg
+    whose row 0 is output pixel `row_off` (R >= the rows written):
+    cols[g, r·OW + ow − row_off, ((a·KH + b)·KW + e)·Cg + c] =
+    xpad[n, od·sd + a·dd, oh·sh + b·dh, ow·sw + e·dw, g·Cg + c] (zero outside x), Cg = C/G.
+
+    Inner loops index flat arrays with unsigned ints (`U`): a signed index costs a
+    negative-index wraparound test per element, which kept LLVM from vectorising the copies
+    (2-6x slower), and a view per pixel costs an atomic reference count on the shared array
+    that both cores then bounce."""
+    _, d_, h_, w_, c_ = x.shape
+    ng, m_, kg = cols.shape
+    cg = c_ // ng
+    xf = x.reshape(x.size)
+    cf = cols.reshape(cols.size)
+    if cg == 1:
+        _im2col_rows_single_channel(xf, cf, x.shape, m_, kg, row_off, r0, r1, kd, kh, kw, sd,
+                                    sh, sw, dd, dh, dw, pd0, ph0, pw0, od_, oh_, ow_)
+        return
+    run = kw * cg
+    for r in range(r0, r1):
+        n = r // (od_ * oh_)
+        od = (r // oh_) % od_
+        oh = r % oh_
+        for g in range(ng):
+            c0 = g * cg
+            for ow in range(ow_):
+                d0 = (g * m_ + r * ow_ + ow - row_off) * kg
+                q0 = ow * sw - pw0
+                for a in range(kd):
+                    i = od * sd - pd0 + a * dd
+                    for b in range(kh):
+                        j = oh * sh - ph0 + b * dh
+                        k0 = U(d0 + (a * kh + b) * run)
+                        if i < 0 or i >= d_ or j < 0 or j >= h_:
+                            for t in range(U(run)):
+                                cf[k0 + t] = 0
+                            continue
+                        s_row = ((n * d_ + i) * h_ + j) * w_
+                        if ng == 1 and dw == 1 and q0 >= 0 and q0 + kw <= w_:
+                            # the kw taps are one contiguous run of x: copy it in one go
+                            s0 = U((s_row + q0) * c_)
+                            for t in range(U(run)):
+                                cf[k0 + t] = xf[s0 + t]
+                            continue
+                        for e in range(kw):
+                            q = q0 + e * dw
+                            k = k0 + U(e * cg)
+                            if 0 <= q < w_:
+                                s0 = U((s_row + q) * c_ + c0)
+                                for c in range(U(cg)):
+                                    cf[k + c] = xf[s0 + c]
+                            else:
+                                for c in range(U(cg)):
+                                    cf[k + c] = 0
+
+
+@njit(cache=True, nogil=True)
+def _im2col_rows_single_channel(xf, cf, x_shape, m_, kg, row_off, r0, r1, kd, kh, kw, sd, sh,
+                                sw, dd, dh, dw, pd0, ph0, pw0, od_, oh_, ow_):
+    """`_im2col_rows` when each group has one channel (C/G = 1, e.g. a grey-scale input):
+    tap by tap, a run along the output row (stride Kg in cols, stride sw·C in x), instead of
+    KH·KD runs of only KW floats per pixel (3x faster for 5×5). xf, cf: flat x and cols."""
+    _, d_, h_, w_, c_ = x_shape
+    ng = c_
+    for r in range(r0, r1):
+        n = r // (od_ * oh_)
+        od = (r // oh_) % od_
+        oh = r % oh_
+        _im2col_row_single_channel(xf, cf, d_, h_, w_, c_, ng, m_, kg, row_off, r, n, od, oh,
+                                   kd, kh, kw, sd, sh, sw, dd, dh, dw, pd0, ph0, pw0, ow_)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _im2col_row_single_channel(xf, cf, d_, h_, w_, c_, ng, m_, kg, row_off, r, n, od, oh, kd,
+                               kh, kw, sd, sh, sw, dd, dh, dw, pd0, ph0, pw0, ow_):
+    for g in range(ng):
+        row0 = g * m_ + r * ow_ - row_off  # cols row of (r, ow = 0), group g
+        for a in range(kd):
+            i = od * sd - pd0 + a * dd
+            for b in range(kh):
+                j = oh * sh - ph0 + b * dh
+                inside = 0 <= i < d_ and 0 <= j < h_
+                s_row = ((n * d_ + i) * h_ + j) * w_
+                for e in range(kw):
+                    k = (a * kh + b) * kw + e
+                    lo, hi = _span(e * dw - pw0, sw, w_, ow_)
+                    if not inside:
+                        lo, hi = ow_, ow_
+                    for ow in range(min(lo, ow_)):
+                        cf[U((row0 + ow) * kg + k)] = 0
+                    for ow in range(lo, hi):
+                        q = ow * sw - pw0 + e * dw
+                        cf[U((row0 + ow) * kg + k)] = xf[U((s_row + q) * c_ + g)]
+                    for ow in range(max(hi, lo), ow_):
+                        cf[U((row0 + ow) * kg + k)] = 0
 
 
 @njit(parallel=True, cache=True, nogil=True)
@@ -137,6 +242,48 @@ def _im2col(x, cols, kd, kh, kw, sd, sh, sw, dd, dh, dw, pd0, ph0, pw0, od_, oh_
                                     cf[k + c] = 0
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _col2im_rows(dcols, dx, row_off, r0, r1, kd, kh, kw, sd, sh, sw, dd, dh, dw, pd0, ph0,
+                 pw0, od_, oh_, ow_):
+    """Adjoint of `_im2col_rows` for the input rows r0 <= r < r1, r = (n·D + i)·H + j:
+    dx[n, i, j, q, g·Cg + c] = the sum of the dcols entries that read it (overwritten).
+    dcols: G×R×Kg with row 0 = output pixel `row_off`; it must hold every output pixel of
+    the images of those rows. A gather: writes only dx rows r0..r1."""
+    _, d_, h_, w_, c_ = dx.shape
+    ng, m_, kg = dcols.shape
+    cg = c_ // ng
+    dcf = dcols.reshape(dcols.size)
+    dxf = dx.reshape(dx.size)
+    for r in range(r0, r1):
+        n = r // (d_ * h_)
+        i = (r // h_) % d_
+        j = r % h_
+        base = r * w_ * c_  # dx[n, i, j] (r = (n·D + i)·H + j)
+        ub = U(base)
+        for t in range(U(w_ * c_)):
+            dxf[ub + t] = 0
+        for a in range(kd):
+            t = i + pd0 - a * dd
+            if t < 0 or t % sd != 0 or t // sd >= od_:
+                continue
+            for b in range(kh):
+                u = j + ph0 - b * dh
+                if u < 0 or u % sh != 0 or u // sh >= oh_:
+                    continue
+                row0 = ((n * od_ + t // sd) * oh_ + u // sh) * ow_ - row_off
+                for g in range(ng):
+                    c0 = g * cg
+                    for e in range(kw):
+                        k = ((a * kh + b) * kw + e) * cg
+                        lo, hi = _span(e * dw - pw0, sw, w_, ow_)
+                        for ow in range(lo, hi):
+                            q = ow * sw - pw0 + e * dw
+                            dst = U(base + q * c_ + c0)
+                            src = U((g * m_ + row0 + ow) * kg + k)
+                            for c in range(U(cg)):
+                                dxf[dst + c] += dcf[src + c]
+
+
 @njit(parallel=True, cache=True, nogil=True)
 def _col2im(dcols, dx, kd, kh, kw, sd, sh, sw, dd, dh, dw, pd0, ph0, pw0, od_, oh_, ow_):
     """Adjoint of `_im2col`: dx[n, i, j, q, g·Cg + c] = sum of the dcols entries that read it.
@@ -175,6 +322,95 @@ def _col2im(dcols, dx, kd, kh, kw, sd, sh, sw, dd, dh, dw, pd0, ph0, pw0, od_, o
                             src = U((g * m_ + row0 + ow) * kg + k)
                             for c in range(U(cg)):
                                 dxf[dst + c] += dcf[src + c]
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _conv_blocks_forward(x, w2t, bias, relu, y2, cols, whole, nchunk, per_block, kd, kh, kw,
+                         sd, sh, sw, dd, dh, dw, pd0, ph0, pw0, od_, oh_, ow_):
+    """y2 = im2col(x) · W (+ bias, then max(·, 0) if `relu`; NaN propagates), in one parallel
+    region: the images are cut into `nchunk` near-equal runs, one per thread, and each run is
+    done `per_block` images at a time (patches, their GEMM while they are still in cache,
+    then bias and ReLU), so a layer costs one hand-off between threads, not one per step.
+
+    x: N×D×H×W×C; w2t: G×Kg×Fg (the weight as columns); bias: (F,); y2: (N·OD·OH·OW)×F.
+    cols: 1×G×M×Kg receiving the whole batch's patches (kept for the backward) if `whole`,
+    else nchunk×G×(per_block·OD·OH·OW)×Kg scratch, one slab per run."""
+    n_ = x.shape[0]
+    ng, fg = w2t.shape[0], w2t.shape[2]
+    f_ = ng * fg
+    rows_img = od_ * oh_
+    pix_img = rows_img * ow_
+    yf = y2.reshape(y2.size)
+    for run in prange(nchunk):
+        t = np.int64(run)  # (see `_im2col`)
+        slab = 0 if whole else t
+        for nb in range(t * n_ // nchunk, (t + 1) * n_ // nchunk, per_block):
+            ne = min(nb + per_block, (t + 1) * n_ // nchunk)
+            p0, p1 = nb * pix_img, ne * pix_img
+            off = 0 if whole else p0
+            _im2col_rows(x, cols[slab], off, nb * rows_img, ne * rows_img, kd, kh, kw, sd, sh,
+                         sw, dd, dh, dw, pd0, ph0, pw0, od_, oh_, ow_)
+            for g in range(ng):
+                patches = cols[slab, g, p0 - off:p1 - off]
+                if ng == 1:
+                    np.dot(patches, w2t[0], y2[p0:p1])
+                else:
+                    y2[p0:p1, g * fg:(g + 1) * fg] = np.dot(patches, w2t[g])
+            for row in range(U(p0 * f_), U(p1 * f_), U(f_)):
+                for c in range(U(f_)):
+                    v = yf[row + c] + bias[c]
+                    yf[row + c] = 0.0 if relu and v < 0 else v
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _conv_blocks_backward(x, w2, dy2, y2, relu, dx, need_dx, cols, whole, dyb, dcols, dwt_part,
+                          db_part, nchunk, per_block, kd, kh, kw, sd, sh, sw, dd, dh, dw, pd0,
+                          ph0, pw0, od_, oh_, ow_):
+    """Backward of `_conv_blocks_forward`, cut the same way: for each block, dY (zeroed where
+    y2 <= 0 if `relu`), its bias and weight gradients, and (if `need_dx`) dx = col2im(dY·W).
+
+    w2: G×Fg×Kg; dy2, y2: (N·OD·OH·OW)×F (y2 is only read with `relu`); dx: N×D×H×W×C.
+    cols as in the forward (with `whole`, the kept patches; else scratch, refilled here).
+    Scratch slabs: dyb: nchunk×(per_block·OD·OH·OW)×F, dcols like cols. Out: dwt_part
+    nchunk×G×Kg×Fg and db_part nchunk×F (float64), zeroed by the caller: run t's sums."""
+    n_ = x.shape[0]
+    d_, h_ = x.shape[1], x.shape[2]
+    ng, fg = w2.shape[0], w2.shape[1]
+    f_ = ng * fg
+    rows_img = od_ * oh_
+    pix_img = rows_img * ow_
+    dyf = dy2.reshape(dy2.size)
+    yf = y2.reshape(y2.size)
+    for run in prange(nchunk):
+        t = np.int64(run)  # (see `_im2col`)
+        slab = 0 if whole else t
+        dbt = db_part[t]
+        for nb in range(t * n_ // nchunk, (t + 1) * n_ // nchunk, per_block):
+            ne = min(nb + per_block, (t + 1) * n_ // nchunk)
+            p0, p1 = nb * pix_img, ne * pix_img
+            off = 0 if whole else p0
+            if not whole:
+                _im2col_rows(x, cols[slab], off, nb * rows_img, ne * rows_img, kd, kh, kw, sd,
+                             sh, sw, dd, dh, dw, pd0, ph0, pw0, od_, oh_, ow_)
+            d = dyb[t, :p1 - p0]
+            df = d.reshape(d.size)
+            for p in range(U(p1 - p0)):
+                src, dst = U((p0 + p) * f_), U(p * f_)
+                for c in range(U(f_)):
+                    v = dyf[src + c]
+                    if relu and not yf[src + c] > 0:
+                        v = 0.0
+                    df[dst + c] = v
+                    dbt[c] += v
+            for g in range(ng):
+                patches = cols[slab, g, p0 - off:p1 - off]
+                dg = d if ng == 1 else np.ascontiguousarray(d[:, g * fg:(g + 1) * fg])
+                dwt_part[t, g] += np.dot(patches.T, dg)
+                if need_dx:
+                    np.dot(dg, w2[g], dcols[t, g, :p1 - p0])
+            if need_dx:
+                _col2im_rows(dcols[t], dx, p0, nb * d_ * h_, ne * d_ * h_, kd, kh, kw, sd,
+                             sh, sw, dd, dh, dw, pd0, ph0, pw0, od_, oh_, ow_)
 
 
 @njit(parallel=True, cache=True, nogil=True)
@@ -384,21 +620,15 @@ def _local_col2im(dcols, dx, kd, kh, kw, sd, sh, sw, od_, oh_, ow_):
 
 # ------------------------------------------------------------------------------------ helpers
 
-def _cols(x, kernel, stride, dilation, pad_before, out, groups, into=False):
-    """im2col of x: N×D×H×W×C -> G×M×Kg: a view of x for 1×1 convs, else the scratch buffer,
-    or `into` (a previous result, reused if its shape fits) when it is not False."""
+def _cols(x, kernel, stride, dilation, pad_before, out, groups):
+    """im2col of x: N×D×H×W×C -> G×M×Kg: a view of x for 1×1 convs, else the scratch
+    buffer."""
     n, c = x.shape[0], x.shape[-1]
     m, cg = n * math.prod(out), c // groups
     if tuple(kernel) == (1, 1, 1) and tuple(stride) == (1, 1, 1) and not any(pad_before) \
             and tuple(out) == x.shape[1:4]:
         return x.reshape(m, groups, cg).transpose(1, 0, 2)
-    shape = (groups, m, math.prod(kernel) * cg)
-    if into is False:
-        cols = _buffer("cols", shape, x.dtype)
-    elif into is not None and into.shape == shape and into.dtype == x.dtype:
-        cols = into  # (never a view of x: 1×1 convs returned above)
-    else:
-        cols = np.empty(shape, x.dtype)
+    cols = _buffer("cols", (groups, m, math.prod(kernel) * cg), x.dtype)
     _im2col(x, cols, *kernel, *stride, *dilation, *pad_before, *out)
     return cols
 
@@ -441,33 +671,25 @@ def _gemm_dwt(cols, dy2, dwt):
         dwt[g] += np.matmul(cols[g].T, dy2[:, g * fg:(g + 1) * fg])
 
 
-def _conv_y(x, w2, geometry, y2, keep=None):
-    """y2 = im2col(x) · W2ᵀ, one block of images at a time. geometry = (kernel, stride,
-    dilation, pad_before, out); y2: (N·OD·OH·OW)×F. With a `keep` dict and a batch that is a
-    single block, the patches are a new array left in keep["cols"] for the backward."""
+def _conv_y(x, w2, geometry, y2):
+    """y2 = im2col(x) · W2ᵀ, one block of images at a time (NumPy's BLAS for the GEMMs; used
+    for 1×1 convs, whose patches are x itself). geometry = (kernel, stride, dilation,
+    pad_before, out); y2: (N·OD·OH·OW)×F."""
     ng, _, kg = w2.shape
     p = math.prod(geometry[-1])
-    blocks = _blocks(x.shape[0], p * ng * kg * x.itemsize)
-    for n0, n1 in blocks:
-        if keep is not None and len(blocks) == 1:
-            cols = keep["cols"] = _cols(x[n0:n1], *geometry, ng, into=keep.get("cols"))
-        else:
-            cols = _cols(x[n0:n1], *geometry, ng)
-        _gemm_y(cols, w2, y2[n0 * p:n1 * p])
+    for n0, n1 in _blocks(x.shape[0], p * ng * kg * x.itemsize):
+        _gemm_y(_cols(x[n0:n1], *geometry, ng), w2, y2[n0 * p:n1 * p])
 
 
-def _conv_dwt(x, dy2, w2, geometry, dx, cols=None):
+def _conv_dwt(x, dy2, w2, geometry, dx):
     """Backward of `_conv_y`: returns dW transposed (G×Kg×Fg); if dx is given, fills it with
-    col2im(dY · W2). Block by block: im2col (unless the forward kept the whole batch's
-    `cols`), dWᵀ += colsᵀ·dY, dcols = dY·W2, col2im."""
+    col2im(dY · W2). Block by block: im2col, dWᵀ += colsᵀ·dY, dcols = dY·W2, col2im."""
     ng, fg, kg = w2.shape
     p = math.prod(geometry[-1])
     dwt = np.zeros((ng, kg, fg), x.dtype)
-    blocks = _blocks(x.shape[0], p * ng * kg * x.itemsize)
-    for n0, n1 in blocks:
+    for n0, n1 in _blocks(x.shape[0], p * ng * kg * x.itemsize):
         dyb = dy2[n0 * p:n1 * p]
-        kept = cols is not None and len(blocks) == 1 and cols.shape == (ng, dyb.shape[0], kg)
-        _gemm_dwt(cols if kept else _cols(x[n0:n1], *geometry, ng), dyb, dwt)
+        _gemm_dwt(_cols(x[n0:n1], *geometry, ng), dyb, dwt)
         if dx is not None:
             _col2im_gemm(dyb, w2, geometry, dx[n0:n1])
     return dwt
@@ -506,6 +728,50 @@ def _is_depthwise(x, w, groups):
     return groups > 1 and groups == x.shape[-1] and w.shape[1] == 1
 
 
+def _is_pointwise(x, kernel, stride, dilation, pad_before, out):
+    """A 1×1 conv whose patches are x itself (no im2col needed)."""
+    return (tuple(kernel) == (1, 1, 1) and tuple(stride) == (1, 1, 1) and not any(pad_before)
+            and tuple(out) == x.shape[1:4])
+
+
+def _blocked(x, w, groups, geometry):
+    """Whether a conv runs as `_conv_blocks_forward/backward` (one parallel region per layer,
+    GEMMs per block inside it): for convs with few patch bytes per image, where hand-offs
+    between thread pools cost more than the arithmetic (net A of benchmarks/bench_train.py,
+    3.7 -> 2.8 ms per training step). Larger convs keep NumPy's BLAS on big blocks, which
+    measured faster (nets B and C); 1×1 convs need no patches at all."""
+    patch_bytes = math.prod(geometry[-1]) * math.prod(w.shape[1:]) * groups * x.itemsize
+    return patch_bytes <= _BLOCKED_MAX_IMAGE_BYTES and not _is_pointwise(x, *geometry)
+
+
+def _plan(x, patch_width, out):
+    """How `_conv_blocks_forward/backward` cut a batch: (runs, images per block). One run per
+    Numba thread (one in a data-parallel shard); blocks of about `_THREAD_BLOCK_BYTES` of
+    patches, so each block's GEMM reads them from the core's own cache."""
+    n = x.shape[0]
+    pin_kernel_blas()
+    nchunk = max(1, min(n, numba.get_num_threads()))
+    per_image = math.prod(out) * patch_width * x.itemsize
+    per_block = max(1, min(-(-n // nchunk), _THREAD_BLOCK_BYTES // per_image))
+    return nchunk, per_block
+
+
+def _kept_cols(x, ng, kg, out, keep):
+    """An array (1×G×M×Kg) for a training forward to leave the whole batch's patches in, in
+    `keep` for its backward; or None: not training, or larger than `_BLOCK_BYTES` (the
+    backward then recomputes them block by block)."""
+    if keep is None:
+        return None
+    shape = (1, ng, x.shape[0] * math.prod(out), kg)
+    if math.prod(shape) * x.itemsize > _BLOCK_BYTES:
+        keep.pop("cols", None)
+        return None
+    cols = keep.get("cols")
+    if cols is None or cols.shape != shape or cols.dtype != x.dtype:
+        cols = keep["cols"] = np.empty(shape, x.dtype)
+    return cols
+
+
 # --------------------------------------------------------------------------------------- conv
 
 def conv_forward(x, w, b, stride, dilation, pad_before, pad_after, groups, relu=False,
@@ -530,8 +796,21 @@ def conv_forward(x, w, b, stride, dilation, pad_before, pad_after, groups, relu=
     f = w.shape[0]
     y = np.empty((x.shape[0], *out, f), x.dtype)
     y2 = y.reshape(-1, f)
-    _conv_y(x, _matrix(w, groups), (kernel, stride, dilation, pad_before, out), y2, keep)
-    _add_bias(y2, b, relu)
+    geometry = (kernel, stride, dilation, pad_before, out)
+    if not _blocked(x, w, groups, geometry):
+        _conv_y(x, _matrix(w, groups), geometry, y2)
+        _add_bias(y2, b, relu)
+        return y
+    w2t = _c(_matrix(w, groups).transpose(0, 2, 1))
+    bias = np.zeros(f, x.dtype) if b is None else _c(b, x.dtype)
+    nchunk, per_block = _plan(x, w2t.shape[0] * w2t.shape[1], out)
+    cols = _kept_cols(x, w2t.shape[0], w2t.shape[1], out, keep)
+    whole = cols is not None
+    if not whole:
+        cols = _buffer("patches", (nchunk, w2t.shape[0], per_block * math.prod(out),
+                                w2t.shape[1]), x.dtype)
+    _conv_blocks_forward(x, w2t, bias, relu, y2, cols, whole, nchunk, per_block, *kernel,
+                         *stride, *dilation, *pad_before, *out)
     return y
 
 
@@ -547,22 +826,51 @@ def conv_backward(x, w, dy, stride, dilation, pad_before, pad_after, groups, nee
     w = _c(w, x.dtype)
     dy = _c(dy, x.dtype)
     f = w.shape[0]
+    out = dy.shape[1:4]
+    geometry = (w.shape[2:], stride, dilation, pad_before, out)
+    if _is_depthwise(x, w, groups) or not _blocked(x, w, groups, geometry):
+        return _conv_backward_unblocked(x, w, dy, geometry, groups, need_dx, y)
+    w2 = _matrix(w, groups)
+    ng, fg, kg = w2.shape
+    nchunk, per_block = _plan(x, ng * kg, out)
+    rows = per_block * math.prod(out)
+    cols = None if keep is None else keep.get("cols")  # the forward's patches of this x
+    whole = (cols is not None and cols.shape == (1, ng, x.shape[0] * math.prod(out), kg)
+             and cols.dtype == x.dtype)
+    if not whole:
+        cols = _buffer("patches", (nchunk, ng, rows, kg), x.dtype)
+    dx = np.empty_like(x) if need_dx else np.empty((0, 1, 1, 1, 1), x.dtype)
+    dcols = _buffer("dpatches", (nchunk, ng, rows if need_dx else 1, kg), x.dtype)
+    dwt_part = np.zeros((nchunk, ng, kg, fg), x.dtype)
+    db_part = np.zeros((nchunk, f))
+    dy2 = dy.reshape(-1, f)
+    y2 = dy2 if y is None else _c(y, x.dtype).reshape(-1, f)
+    _conv_blocks_backward(x, w2, dy2, y2, y is not None, dx, need_dx, cols, whole,
+                          _buffer("dy", (nchunk, rows, f), x.dtype), dcols, dwt_part, db_part,
+                          nchunk, per_block, *geometry[0], *stride, *dilation, *pad_before,
+                          *out)
+    dw = _unmatrix(dwt_part.sum(axis=0).transpose(0, 2, 1), w.shape)
+    return (dx if need_dx else None), dw, db_part.sum(axis=0).astype(x.dtype)
+
+
+def _conv_backward_unblocked(x, w, dy, geometry, groups, need_dx, y):
+    """conv_backward for depthwise convs (direct loops) and the others `_blocked` leaves to
+    NumPy's BLAS."""
+    f = w.shape[0]
     if y is not None:
         dy2, db = _relu_masked(y.reshape(-1, f), dy.reshape(-1, f))
         dy = dy2.reshape(dy.shape)
     else:
         dy2, db = dy.reshape(-1, f), None
+    _, stride, dilation, pad_before, _ = geometry
     if _is_depthwise(x, w, groups):
         dx, dw, db_dw = _depthwise_backward(x, w, dy, stride, dilation, pad_before, need_dx)
         return dx, dw, db_dw if db is None else db
     if db is None:
         db = _sum_rows(dy2)
-    geometry = (w.shape[2:], stride, dilation, pad_before, dy.shape[1:4])
     dx = np.empty_like(x) if need_dx else None
-    cols = None if keep is None else keep.get("cols")
-    dwt = _conv_dwt(x, dy2, _matrix(w, groups), geometry, dx, cols)
-    dw = _unmatrix(dwt.transpose(0, 2, 1), w.shape)
-    return dx, dw, db
+    dwt = _conv_dwt(x, dy2, _matrix(w, groups), geometry, dx)
+    return dx, _unmatrix(dwt.transpose(0, 2, 1), w.shape), db
 
 
 # ----------------------------------------------------------------------------- transposed conv

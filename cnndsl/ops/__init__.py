@@ -55,8 +55,15 @@ class Ctx:
 
     def kernels(self, family: str):
         """The kernel module of a family ("conv", "pool", ...) for this backend."""
-        prefix = "cnndsl.kernels." if self.backend == "numba" else "cnndsl.kernels.reference."
-        return import_module(prefix + family)
+        module = _kernel_modules.get((self.backend, family))
+        if module is None:  # imported on first use: `cnndsl check` never loads numba
+            prefix = ("cnndsl.kernels." if self.backend == "numba"
+                      else "cnndsl.kernels.reference.")
+            module = _kernel_modules[self.backend, family] = import_module(prefix + family)
+        return module
+
+
+_kernel_modules: dict[tuple[str, str], object] = {}
 
 
 def uniform(shape, bound: float, rng: np.random.Generator) -> np.ndarray:

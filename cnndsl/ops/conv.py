@@ -10,32 +10,21 @@ import math
 from dataclasses import dataclass
 
 from cnndsl.errors import ShapeMismatch
+from cnndsl.kernels import as5d as _as5d  # numpy only: `check` still needs no numba
+from cnndsl.kernels import from5d
+from cnndsl.kernels import weight5d as _w5d
 from cnndsl.ops import Op, fmt_size, fmt_stride, kaiming_uniform, register, same_size, spatial
 from cnndsl.ops.args import Count, Flag, Padding, Size, arg
 from cnndsl.ops.padding import per_axis, to3, window3, window_output
 
 
-def _as5d(x):
-    from cnndsl.kernels import as5d
-
-    return as5d(x)
-
-
 def _from5d(y, x):
     """Back to x's rank (1-D, 2-D or 3-D channels-last)."""
-    from cnndsl.kernels import from5d
-
     return from5d(y, x.ndim - 2)
 
 
 def _maybe_from5d(dx, x):
     return None if dx is None else _from5d(dx, x)
-
-
-def _w5d(w):
-    from cnndsl.kernels import weight5d
-
-    return weight5d(w)
 
 
 def _grads(w, dw, db, has_bias):

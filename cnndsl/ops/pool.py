@@ -5,21 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from cnndsl.errors import ShapeMismatch
+from cnndsl.kernels import as5d as _as5d  # numpy only: `check` still needs no numba
+from cnndsl.kernels import from5d as _from5d
 from cnndsl.ops import Op, fmt_size, fmt_stride, register, same_size, spatial
 from cnndsl.ops.args import Padding, Size, arg
 from cnndsl.ops.padding import per_axis, window3, window_output
-
-
-def _as5d(x):
-    from cnndsl.kernels import as5d
-
-    return as5d(x)
-
-
-def _from5d(y, rank):
-    from cnndsl.kernels import from5d
-
-    return from5d(y, rank)
 
 
 @dataclass(frozen=True)
