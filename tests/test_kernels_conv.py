@@ -528,3 +528,25 @@ def test_batch64_layer_matches_torch():
     close(dx, from_torch(grads[0], x.shape), 1e-4)
     close(dw, grads[1].numpy().reshape(w.shape), 1e-4)
     close(db, grads[2].numpy(), 1e-4)
+
+
+@pytest.mark.parametrize(("kernel", "stride", "dilation", "pad"), [
+    ((1, 5, 5), (1, 1, 1), (1, 1, 1), ((0, 0, 0), (0, 0, 0))),  # the lecture's MNIST conv1
+    ((1, 3, 3), (1, 2, 2), (1, 1, 1), ((0, 1, 1), (0, 1, 1))),
+    ((1, 3, 3), (1, 1, 2), (1, 2, 1), ((0, 2, 0), (0, 1, 3))),  # asymmetric, dilated
+    ((1, 1, 4), (1, 1, 3), (1, 1, 1), ((0, 0, 2), (0, 0, 2))),  # 1-D
+    ((2, 3, 3), (2, 1, 1), (1, 1, 1), ((1, 1, 1), (0, 1, 1))),  # 3-D
+])
+def test_one_channel_inputs_use_the_tapwise_patches_correctly(kernel, stride, dilation, pad):
+    """A one-channel input (a grey-scale image) takes `_im2col_rows_single_channel`; compared
+    with the NumPy twin, forward (with ReLU) and backward including dx, float64."""
+    rng = np.random.default_rng(11)
+    x = randn(rng, 3, 4 if kernel[0] > 1 else 1, 9, 10, 1)
+    w = randn(rng, 5, 1, *kernel)
+    b = randn(rng, 5)
+    args = (stride, dilation, *pad, 1)
+    y = K.conv_forward(x, w, b, *args, relu=True)
+    close(y, R.conv_forward(x, w, b, *args, relu=True), 1e-10)
+    dy = randn(rng, *y.shape)
+    close_all(K.conv_backward(x, w, dy, *args, y=y), R.conv_backward(x, w, dy, *args, y=y),
+              1e-10)

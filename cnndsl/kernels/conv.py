@@ -9,10 +9,20 @@ Method. Conv is im2col + GEMM: `cols` is G×M×Kg with one row per output pixel
 (M = N·OD·OH·OW, row ((n·OD + od)·OH + oh)·OW + ow) and Kg = KD·KH·KW·(C/G) columns ordered
 (kd, kh, kw, c), so each group's patch matrix is contiguous and the weight is re-laid out once
 to G×Fg×Kg. Forward y = cols·Wᵀ; backward dW = dYᵀ·cols and dcols = dY·W followed by col2im.
-The work goes in blocks of whole images of about `_BLOCK_BYTES` of patches, so each block's
-patches are still in cache when its GEMM reads them (10–25% faster than one big im2col here).
-GEMMs run in the Python wrappers through `np.matmul` (OpenBLAS); im2col, col2im and the direct
-loops are `@njit(parallel=True)`. Transposed conv is the adjoint of conv and reuses the same
+The work goes in blocks of whole images, so each block's patches are still in cache when its
+GEMM reads them (10–25% faster than one big im2col here). Two ways to run it (`_blocked`):
+
+- convs with few patch bytes per image (the small layers of small networks) run as ONE
+  parallel Numba region per layer and pass (`_conv_blocks_forward/backward`): each thread
+  takes a run of images and does im2col, its GEMMs (`np.dot` inside Numba, on SciPy's BLAS
+  pinned to one thread) and bias/ReLU, or the ReLU mask, dW, db and col2im, block by block.
+  Hand-offs between Numba's and OpenBLAS's thread pools, twice per kernel otherwise, cost more
+  than the arithmetic in such layers;
+- larger convs run im2col / col2im as parallel Numba kernels and their GEMMs from Python
+  through `np.matmul` on blocks of about `_BLOCK_BYTES` (NumPy's OpenBLAS, its own threads),
+  which measured faster for them.
+
+Transposed conv is the adjoint of conv and reuses the same
 pieces; depthwise conv (groups = C) uses direct loops vectorised over the channel axis, since a
 per-channel GEMM would be tiny; locally connected layers are one small GEMM per output position.
 
@@ -93,14 +103,16 @@ def _span(offset, step, n_in, n_out):
 def _im2col_rows(x, cols, row_off, r0, r1, kd, kh, kw, sd, sh, sw, dd, dh, dw, pd0, ph0, pw0,
                  od_, oh_, ow_):
     """im2col of the output rows r0 <= r < r1, r = (n·OD + od)·OH + oh, into cols: G×R×Kg
-    whose row 0 is output pixel `row_off` (R >= the rows written):
+    whose row 0 is output pixel `row_off` (R >= the rows written), for the blocked kernels:
     cols[g, r·OW + ow − row_off, ((a·KH + b)·KW + e)·Cg + c] =
     xpad[n, od·sd + a·dd, oh·sh + b·dh, ow·sw + e·dw, g·Cg + c] (zero outside x), Cg = C/G.
 
     Inner loops index flat arrays with unsigned ints (`U`): a signed index costs a
     negative-index wraparound test per element, which kept LLVM from vectorising the copies
     (2-6x slower), and a view per pixel costs an atomic reference count on the shared array
-    that both cores then bounce."""
+    that both cores then bounce. (`_im2col` / `_col2im` keep their own copies of these loops
+    on purpose: calling the helpers per row from their prange measured up to 2x slower and
+    erratic, col2im 25%.)"""
     _, d_, h_, w_, c_ = x.shape
     ng, m_, kg = cols.shape
     cg = c_ // ng
