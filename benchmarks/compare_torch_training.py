@@ -6,13 +6,19 @@ accuracy of cnndsl and PyTorch after N epochs on Fashion-MNIST (issue: within 1 
 The network is examples/fashion_small.cnn; PyTorch starts from cnndsl's initial weights
 (the layouts are PyTorch's, so they copy unchanged) and sees the same batches. Adam,
 lr 0.001, batch 64, 10% held out as in `cnndsl train`. Prints a table; asserts nothing.
+OpenBLAS runs with its best kernels (OPENBLAS_CORETYPE/L2_SIZE dropped before numpy loads,
+as in bench_train.py: this machine's environment forces Haswell kernels, half the speed).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from pathlib import Path
+
+for _name in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"):  # before numpy loads OpenBLAS
+    os.environ.pop(_name, None)
 
 import numpy as np
 

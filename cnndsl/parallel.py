@@ -1,14 +1,15 @@
 """Data-parallel steps: a batch cut into shards, one per thread, each shard single-threaded.
 
-Why: on few cores a small network spends more time handing work between Numba's and
-OpenBLAS's thread pools (twice per kernel) than computing. Measured on this 2-core machine,
-net A of benchmarks/bench_train.py took 4.1 ms per training step with two threads in every
-kernel and the same 4.1 ms with one; half the batch on each core, each with single-threaded
-kernels, takes 2.6 ms and syncs once per step. Larger networks gain too (net C 314 -> 342
-GFLOP/s), since a single-threaded GEMM has no hand-offs at all.
+Why: on few cores, handing work between Numba's and OpenBLAS's thread pools (twice per
+kernel) can cost more than the arithmetic. Measured on this 2-core machine with
+benchmarks/bench_train.py: before shards, net B trained at 0.72x PyTorch and net C at
+0.75x; cut in two, each half on one core with single-threaded kernels, they reach
+0.88-1.06x and 0.82-0.94x (one hand-off per step, and a single-threaded GEMM has none).
+Small networks (below SMALL_NET_MACS, such as net A) gain more from running whole with
+the blocked conv kernels (cnndsl.kernels.conv), which are parallel in one region per layer.
 
 The shards really run at once because every Numba kernel is `nogil=True` and numpy's matmul
-releases the GIL; Python's own per-layer work is small next to the kernels.
+releases the GIL; Python's own per-layer work is small next to the kernels of such networks.
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ from concurrent.futures import ThreadPoolExecutor, wait
 MIN_SHARD = 8
 #: forward multiply-accumulates per image up to which a network counts as small: it is not
 #: cut into shards, and runs with one BLAS thread (its convs are `_blocked` kernels, parallel
-#: themselves; its GEMMs are too small for two BLAS threads to pay). Measured on net A of
-#: benchmarks/bench_train.py (0.49 M): 2.9 ms per step cut, 2.8 whole; nets B (11 M) and
-#: C (154 M) are faster cut.
+#: themselves; its GEMMs are too small for two BLAS threads to pay). Training steps measured
+#: cut / whole this way: net A of benchmarks/bench_train.py (0.49 M MACs) 3.2 / 2.1 ms,
+#: examples/fashion_small.cnn (4.3 M) 9.6 / 9.9 ms, net B (11 M) 27 / 44 ms, net C (154 M)
+#: 191 / 353 ms.
 SMALL_NET_MACS = 2_000_000
 
 _lock = threading.Lock()
