@@ -37,12 +37,25 @@ _kernel_blas_pinned = False
 
 def thread_count() -> int:
     """How many threads a step may use: Numba's setting (NUMBA_NUM_THREADS or
-    numba.set_num_threads, which is per thread), 1 when the JIT is disabled."""
+    numba.set_num_threads, which is per thread); 1 when the JIT is disabled or Numba's
+    threading layer may not be entered from two threads at once."""
     import numba
 
-    if numba.config.DISABLE_JIT:
+    if numba.config.DISABLE_JIT or not _threadsafe_layer():
         return 1
     return numba.get_num_threads()
+
+
+def _threadsafe_layer() -> bool:
+    """OpenMP and TBB may run parallel kernels from several threads at once, Numba's own
+    'workqueue' layer may not. Which layer runs is known once a parallel kernel has run:
+    until then (the first step of a process), nothing is cut."""
+    import numba
+
+    try:
+        return numba.threading_layer() != "workqueue"
+    except ValueError:  # no parallel kernel has run yet
+        return False
 
 
 def shard_bounds(n: int, count: int) -> list[tuple[int, int]]:

@@ -215,3 +215,18 @@ def test_small_networks_run_whole_with_one_blas_thread(monkeypatch):
     assert during and set(during) == {1}
     assert [lib["num_threads"] for lib in threadpool_info()
             if lib["user_api"] == "blas"][:len(before)] == before
+
+
+def test_no_cut_when_the_threading_layer_is_not_threadsafe(monkeypatch):
+    import numba
+
+    monkeypatch.setattr(numba, "threading_layer", lambda: "workqueue")
+    assert parallel.thread_count() == 1
+    monkeypatch.setattr(numba, "threading_layer", lambda: "omp")
+    assert parallel.thread_count() == numba.get_num_threads()
+
+    def not_yet():
+        raise ValueError("Threading layer is not initialized.")
+
+    monkeypatch.setattr(numba, "threading_layer", not_yet)
+    assert parallel.thread_count() == 1
