@@ -48,14 +48,19 @@ def thread_count() -> int:
 
 def _threadsafe_layer() -> bool:
     """OpenMP and TBB may run parallel kernels from several threads at once, Numba's own
-    'workqueue' layer may not. Which layer runs is known once a parallel kernel has run:
-    until then (the first step of a process), nothing is cut."""
+    'workqueue' layer may not. Which layer runs is known once a parallel kernel has run, so
+    one runs first if none has (every step of a process is then cut the same way)."""
     import numba
 
     try:
         return numba.threading_layer() != "workqueue"
     except ValueError:  # no parallel kernel has run yet
-        return False
+        import numpy as np
+
+        from cnndsl.kernels.elementwise import relu_forward
+
+        relu_forward(np.zeros(2, np.float32))  # any parallel kernel starts the layer
+        return numba.threading_layer() != "workqueue"
 
 
 def shard_bounds(n: int, count: int) -> list[tuple[int, int]]:

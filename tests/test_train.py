@@ -50,14 +50,14 @@ def npz(tmp_path):
     return path
 
 
-def make_trainer(out, epochs=3, seed=0):
-    model = Model(cnndsl.check_text(TINY), seed=seed)
+def make_trainer(out, epochs=3, seed=0, text=TINY):
+    model = Model(cnndsl.check_text(text), seed=seed)
     x, y = synthetic(240, 0)
     xt, yt = synthetic(60, 1)
     config = TrainConfig(optimizer="sgd", lr=0.1, momentum=0.9, batch=16, epochs=epochs,
                          seed=seed, val=0.2)
     splits = (x[:192], y[:192], x[192:], y[192:], xt, yt)
-    return Trainer(model, config, splits, str(out), {"architecture": TINY},
+    return Trainer(model, config, splits, str(out), {"architecture": text},
                    progress_bar=False, log=lambda line: None)
 
 
@@ -94,10 +94,30 @@ def test_resume_at_an_epoch_boundary_is_exact(tmp_path):
 
 
 def test_interrupt_mid_epoch_saves_and_resumes_exactly(tmp_path):
-    straight = make_trainer(tmp_path / "straight.npz")
+    interrupt_and_resume(tmp_path, TINY)
+
+
+# no BatchNorm or Dropout: batches may be cut into one shard per thread (cnndsl.parallel)
+CUTTABLE = TINY.replace("-> BatchNorm ", "").replace("-> Dropout(0.2) ", "")
+
+
+def test_runs_with_batches_cut_across_threads_resume_exactly(tmp_path, monkeypatch):
+    import cnndsl.model
+    from cnndsl import parallel
+
+    monkeypatch.setattr(parallel, "thread_count", lambda: 2)
+    monkeypatch.setattr(cnndsl.model, "SMALL_NET_MACS", 0)  # cut even this small network
+    straight = interrupt_and_resume(tmp_path, CUTTABLE)
+    assert len(straight.model._shards(16, train=True)) == 2  # batch 16: really cut
+
+
+def interrupt_and_resume(tmp_path, text):
+    """Stop a run in the 2nd epoch as Ctrl-C does, resume it from its checkpoint in a new
+    trainer: the weights equal those of a run never stopped, bit for bit."""
+    straight = make_trainer(tmp_path / "straight.npz", text=text)
     straight.run()
     out = tmp_path / "stopped.npz"
-    stopped = make_trainer(out)
+    stopped = make_trainer(out, text=text)
     original = stopped.model.loss_and_grads
     calls = []
 
@@ -112,13 +132,14 @@ def test_interrupt_mid_epoch_saves_and_resumes_exactly(tmp_path):
         stopped.run()
     _, meta = checkpoint.load(str(out))
     assert meta["progress"]["epoch"] == 1 and meta["progress"]["step"] == 5
-    resumed = make_trainer(out)
+    resumed = make_trainer(out, text=text)
     resumed.resume(str(out))
     resumed.run()
     for name, array in straight.model.parameters().items():
         assert np.array_equal(array, resumed.model.parameters()[name]), name
     for name, array in straight.model.buffers().items():
         assert np.array_equal(array, resumed.model.buffers()[name]), name
+    return straight
 
 
 def test_checkpoint_round_trip(tmp_path):
