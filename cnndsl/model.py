@@ -18,7 +18,7 @@ import networkx as nx
 import numpy as np
 
 from cnndsl.ops import OPS, Ctx
-from cnndsl.parallel import SMALL_NET_MACS, run_sharded, shard_bounds, shard_count
+from cnndsl.parallel import SMALL_NET_MACS, ShardGroup, run_sharded, shard_bounds, shard_count
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters
 _allocator_tuned = False
@@ -90,8 +90,6 @@ class Model:
         last = graph.nodes[self.output_name]
         # a network ending in Softmax is trained on the logits before it (fused loss)
         self.logits_name = last["inputs"][0] if last["op"] == "Softmax" else self.output_name
-        self._splits_in_training = all(
-            OPS[node["op"]].splits_batch_in_training for _, node in graph.nodes(data=True))
         self._small = sum(node.get("macs", 0) for _, node in graph.nodes(data=True)) \
             <= SMALL_NET_MACS
         self._runners = [_Runner(self, np.random.default_rng(seed))]
@@ -169,9 +167,9 @@ class Model:
         return _joined(outputs)
 
     def _forward_shards(self, x: np.ndarray, train: bool, save: bool) -> list:
-        shards = self._shards(len(x), train)
-        outputs = run_sharded([partial(runner.run, x[start:end], train, save)
-                               for runner, start, end in shards], self._small)
+        shards = self._shards(len(x))
+        outputs = self._run_shards(
+            shards, lambda runner, start, end: runner.run(x[start:end], train, save))
         self._last_shards = shards if save else None
         return outputs
 
@@ -189,9 +187,8 @@ class Model:
         if len(gy) != self._last_shards[-1][2]:
             raise ValueError(f"gy has {len(gy)} rows but the last forward had "
                              f"{self._last_shards[-1][2]}")
-        results = run_sharded([
-            partial(runner.backward, {self.output_name: gy[start:end]}, True)
-            for runner, start, end in self._last_shards], self._small)
+        results = self._run_shards(self._last_shards, lambda runner, start, end: (
+            runner.backward({self.output_name: gy[start:end]}, True)))
         return _joined([dx for dx, _ in results]), self._summed([g for _, g in results])
 
     def loss_and_grads(self, x: np.ndarray, labels: np.ndarray, train: bool = True):
@@ -205,11 +202,10 @@ class Model:
         if labels.shape != (len(x),):
             raise ValueError(f"labels must be ({len(x)},) integers, got {labels.shape}")
         self._eval_input = None
-        shards = self._shards(len(x), train)
-        results = run_sharded([
-            partial(runner.loss_and_grads, x[start:end], labels[start:end], train,
-                    (end - start) / len(x) if len(shards) > 1 else None)
-            for runner, start, end in shards], self._small)
+        shards = self._shards(len(x))
+        share = len(shards) > 1
+        results = self._run_shards(shards, lambda runner, start, end: runner.loss_and_grads(
+            x[start:end], labels[start:end], train, (end - start) / len(x) if share else None))
         self._last_shards = shards
         if len(results) == 1:
             loss = results[0][0]
@@ -219,19 +215,30 @@ class Model:
         return loss, _joined([probs for _, probs, _ in results]), self._summed(
             [grads for *_, grads in results])
 
-    def _shards(self, n: int, train: bool) -> list:
+    def _shards(self, n: int) -> list:
         """[(runner, start, end)]: the whole batch on the main runner, or near-equal shards
         of it, one per thread, when that is faster (not a small network, see
-        cnndsl.parallel.SMALL_NET_MACS) and changes nothing but rounding: every op works
-        sample by sample in this mode (no batch statistics, no dropout masks to draw)."""
+        cnndsl.parallel.SMALL_NET_MACS). Cutting changes nothing but rounding: layers that
+        need the whole batch (BatchNorm's statistics, Dropout's masks) share sums and draws
+        through the runners' `ctx.shard` (cnndsl.parallel.ShardGroup)."""
         count = 1
-        if (self.data_parallel and self.backend == "numba" and not self._small
-                and (self._splits_in_training or not train)):
+        if self.data_parallel and self.backend == "numba" and not self._small:
             count = shard_count(n)
         while len(self._runners) < count:
             self._runners.append(_Runner(self, np.random.default_rng(len(self._runners))))
-        return [(runner, start, end) for runner, (start, end)
-                in zip(self._runners, shard_bounds(n, count))]
+        bounds = shard_bounds(n, count)
+        if count == 1:
+            self._runners[0].ctx.shard = None
+        else:
+            for runner, shard in zip(self._runners, ShardGroup(bounds, self.ctx.rng).shards()):
+                runner.ctx.shard = shard
+        return [(runner, start, end) for runner, (start, end) in zip(self._runners, bounds)]
+
+    def _run_shards(self, shards: list, work) -> list:
+        """work(runner, start, end) for every shard, in parallel (cnndsl.parallel)."""
+        group = shards[0][0].ctx.shard
+        return run_sharded([partial(work, *shard) for shard in shards], self._small,
+                           on_error=None if group is None else group.group.abort)
 
     def _summed(self, shard_grads: list[dict]) -> dict[str, np.ndarray]:
         """Parameter gradients in `parameters()` order, summed over shards in shard order

@@ -10,6 +10,9 @@ the blocked conv kernels (cnndsl.kernels.conv), which are parallel in one region
 
 The shards really run at once because every Numba kernel is `nogil=True` and numpy's matmul
 releases the GIL; Python's own per-layer work is small next to the kernels of such networks.
+Layers that need the whole batch meet through a ShardGroup: BatchNorm adds its sums over the
+shards behind a barrier, Dropout takes its rows of one draw for the whole batch, so a cut
+step computes what a whole one does, up to rounding.
 """
 
 from __future__ import annotations
@@ -79,11 +82,84 @@ def shard_count(n: int) -> int:
     return max(1, min(thread_count(), n // MIN_SHARD))
 
 
-def run_sharded(tasks: list[Callable[[], object]], one_blas_thread: bool = False) -> list:
+class ShardGroup:
+    """What the shards of one step share, so that layers that need the whole batch
+    (BatchNorm's statistics, Dropout's masks) compute exactly what one call would: sums over
+    all shards behind a barrier, and random draws made once for the whole batch."""
+
+    def __init__(self, bounds: list[tuple[int, int]], rng):
+        self.bounds = bounds
+        self.total = bounds[-1][1]
+        self.rng = rng  # the model's generator: draws come from it as in a whole-batch call
+        self._barrier = threading.Barrier(len(bounds))
+        self._lock = threading.Lock()
+        self._sums: dict[int, list] = {}
+        self._draws: dict[int, object] = {}
+
+    def shards(self) -> list[Shard]:
+        return [Shard(self, index) for index in range(len(self.bounds))]
+
+    def abort(self) -> None:
+        """A shard failed: wake the others waiting for it (they raise BrokenBarrierError)."""
+        self._barrier.abort()
+
+
+class Shard:
+    """One shard's side of a ShardGroup: rows [start, end) of a batch of `total`. Its layers
+    call `all_sum` and `draw_uniform` in the same order as every other shard's (they run the
+    same layers), which is how calls are matched up."""
+
+    def __init__(self, group: ShardGroup, index: int):
+        self.group, self.index = group, index
+        self.start, self.end = group.bounds[index]
+        self._calls = 0
+
+    @property
+    def total(self) -> int:
+        return self.group.total
+
+    def all_sum(self, partial):
+        """The sum of every shard's `partial` (float64 arrays of one shape), added in shard
+        order so that the result does not depend on timing; waits for all shards."""
+        import numpy as np
+
+        key = self._next_call()
+        group = self.group
+        with group._lock:
+            slots = group._sums.setdefault(key, [None] * len(group.bounds))
+            slots[self.index] = np.asarray(partial, dtype=np.float64)
+        group._barrier.wait()
+        total = slots[0].copy()
+        for part in slots[1:]:
+            total += part
+        return total
+
+    def draw_uniform(self, shape: tuple, dtype):
+        """This shard's rows of `rng.random` drawn once for the whole batch (shape: this
+        shard's): the numbers a whole-batch call would have drawn for them."""
+        import numpy as np
+
+        key = self._next_call()
+        group = self.group
+        with group._lock:  # shards run the same layers in order: draws happen in layer order
+            full = group._draws.get(key)
+            if full is None:
+                full = group._draws[key] = np.empty((group.total, *shape[1:]), dtype)
+                group.rng.random(out=full, dtype=full.dtype)
+        return full[self.start:self.end]
+
+    def _next_call(self) -> int:
+        self._calls += 1
+        return self._calls
+
+
+def run_sharded(tasks: list[Callable[[], object]], one_blas_thread: bool = False,
+                on_error: Callable[[], None] | None = None) -> list:
     """Run each task (no arguments): the first on this thread, the others on worker threads,
     all with one Numba thread and one BLAS thread. Returns the results in task order; if a
-    task raises, its exception propagates once every task has ended. A single task runs as
-    it is, with one BLAS thread if `one_blas_thread`."""
+    task raises, `on_error` is called (to release the tasks waiting for it) and the first
+    exception that is not a BrokenBarrierError propagates once every task has ended. A
+    single task runs as it is, with one BLAS thread if `one_blas_thread`."""
     import numba
 
     if len(tasks) == 1:
@@ -91,16 +167,33 @@ def run_sharded(tasks: list[Callable[[], object]], one_blas_thread: bool = False
             return [tasks[0]()]
         with _blas_controller().limit(limits=1):
             return [tasks[0]()]
+
+    def guarded(task):
+        try:
+            return task()
+        except BaseException:
+            if on_error is not None:
+                on_error()
+            raise
+
     pool = _workers(len(tasks) - 1)
     with _blas_controller().limit(limits=1):
-        futures = [pool.submit(task) for task in tasks[1:]]
+        futures = [pool.submit(guarded, task) for task in tasks[1:]]
         previous = numba.get_num_threads()
         numba.set_num_threads(1)
+        first_error = None
         try:
-            first = tasks[0]()
+            first = guarded(tasks[0])
+        except BaseException as error:  # noqa: BLE001 (re-raised below once the workers end)
+            first_error = error
         finally:
             numba.set_num_threads(previous)
             wait(futures)
+        errors = [first_error] + [future.exception() for future in futures]
+        raised = [e for e in errors if e is not None]
+        if raised:
+            real = [e for e in raised if not isinstance(e, threading.BrokenBarrierError)]
+            raise (real or raised)[0]
         return [first, *(future.result() for future in futures)]
 
 

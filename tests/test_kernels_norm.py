@@ -227,3 +227,35 @@ def test_eval_mode_matches_torch():
     tol(dgamma, gt.grad.numpy())
     tol(dbeta, bt.grad.numpy())
     assert np.array_equal(rmt.numpy(), rmean) and np.array_equal(rvt.numpy(), rvar)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("m,c", [(1, 3), (37, 8), (1000, 17)])
+def test_sums_for_a_batch_cut_into_shards(m, c, dtype):
+    """The pieces of a BatchNorm whose batch is cut into shards (cnndsl.parallel): sums per
+    shard, added, give the whole batch's statistics and gradients; Numba == NumPy twin."""
+    rng = np.random.default_rng(2)
+    x = (3 + 2 * rng.standard_normal((m, c))).astype(dtype)
+    dy = rng.standard_normal((m, c)).astype(dtype)
+    gamma = params(rng, c, dtype)[0]
+    tol = 1e-5 if dtype == np.float32 else 1e-11
+    shift = rng.standard_normal(c)
+    for a, b in zip(nb.batchnorm_sums(x, shift), ref.batchnorm_sums(x, shift)):
+        assert a.dtype == np.float64
+        close(a, b, tol)
+    cut = max(1, m // 3)
+    parts = [x[:cut], x[cut:]] if m > 1 else [x]
+    total = sum(nb.batchnorm_sums(part, np.zeros(c))[0] for part in parts)
+    close(total / m, x.astype(np.float64).mean(axis=0), tol)
+    _, mean, _, inv_std = nb.batchnorm_train_forward(x, gamma, np.zeros(c, dtype), EPS)
+    for a, b in zip(nb.batchnorm_grad_sums(x, dy, mean), ref.batchnorm_grad_sums(x, dy, mean)):
+        close(a, b, 10 * tol)
+    sum_dy, sum_dyxc = nb.batchnorm_grad_sums(x, dy, mean)
+    whole = nb.batchnorm_backward(x, dy, gamma, mean, inv_std)[0]
+    for impl in (nb, ref):
+        dx = impl.batchnorm_dx(x, dy, gamma, mean, inv_std, sum_dy, sum_dyxc, m)
+        assert dx.dtype == dtype
+        close(dx, whole, 10 * tol)
+    # a shard's rows of dx, from the whole batch's sums, are the whole dx's rows
+    close(nb.batchnorm_dx(x[:cut], dy[:cut], gamma, mean, inv_std, sum_dy, sum_dyxc, m),
+          whole[:cut], 10 * tol)

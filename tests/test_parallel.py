@@ -1,6 +1,6 @@
 """Data-parallel steps (cnndsl.parallel): a batch cut into one shard per thread gives the same
-loss, probabilities, outputs and gradients as the whole batch in one piece, and batches that
-must stay whole (BatchNorm or Dropout in training) are never cut."""
+loss, probabilities, outputs and gradients as the whole batch in one piece, BatchNorm and
+Dropout included (whole-batch statistics and masks shared across the shards)."""
 
 import threading
 
@@ -23,6 +23,8 @@ Conv(6, 3) -> ReLU
 """
 WITH_BATCHNORM = "input 8x8x2\nConv(4, 3) -> BatchNorm -> ReLU -> MaxPool(2) -> FC(3) -> Softmax"
 WITH_DROPOUT = "input 8x8x2\nConv(4, 3) -> ReLU -> Dropout(0.3) -> FC(3) -> Softmax"
+WITH_BOTH_FLAT = ("input 8x8x2\nConv(4, 3) -> BatchNorm -> ReLU -> Dropout(0.2) -> FC(6) "
+                  "-> BatchNorm -> Dropout(0.5) -> FC(3) -> Softmax")
 
 
 @pytest.fixture
@@ -121,24 +123,65 @@ def test_cut_steps_are_reproducible(shards):
         assert np.array_equal(results[0][2][name], results[1][2][name])
 
 
-@pytest.mark.parametrize("text", [WITH_BATCHNORM, WITH_DROPOUT])
-def test_batches_that_must_stay_whole_are_not_cut_in_training(shards, text):
-    shards(2)
-    model, whole = pair(text)
-    x, labels = data(model, 32)
-    model.ctx.rng = np.random.default_rng(3)
+@pytest.mark.parametrize("text", [WITH_BATCHNORM, WITH_DROPOUT, WITH_BOTH_FLAT])
+@pytest.mark.parametrize("count,n", [(2, 32), (3, 29)])
+def test_batchnorm_and_dropout_see_the_whole_batch_when_cut(shards, text, count, n):
+    """BatchNorm's statistics are the whole batch's (sums over the shards) and Dropout's
+    masks the whole batch's draws: two training steps cut equal two whole ones, and the
+    running statistics and the generator end in the same state."""
+    shards(count)
+    cut, whole = pair(text)
+    x, labels = data(cut, n)
+    cut.ctx.rng = np.random.default_rng(3)
     whole.ctx.rng = np.random.default_rng(3)
-    loss, _, grads = model.loss_and_grads(x, labels)
-    assert len(model._last_shards) == 1
-    loss0, _, grads0 = whole.loss_and_grads(x, labels)
-    assert loss == loss0  # the same single call: bit for bit
-    for name in grads:
-        assert np.array_equal(grads[name], grads0[name])
-    # inference works sample by sample (running statistics, no dropout): cut
-    y = model.forward(x, train=False)
-    model.backward(np.ones_like(y))
-    assert len(model._last_shards) == 2
-    np.testing.assert_allclose(y, whole.forward(x, train=False), rtol=1e-12)
+    for _ in range(2):
+        loss, probs, grads = cut.loss_and_grads(x, labels)
+        assert len(cut._last_shards) == count
+        loss0, probs0, grads0 = whole.loss_and_grads(x, labels)
+        assert loss == pytest.approx(loss0, rel=1e-12)
+        np.testing.assert_allclose(probs, probs0, rtol=1e-11, atol=1e-14)
+        for name in grads:
+            np.testing.assert_allclose(grads[name], grads0[name], rtol=1e-9, atol=1e-12,
+                                       err_msg=name)
+    for name, value in cut.buffers().items():
+        np.testing.assert_allclose(value, whole.buffers()[name], rtol=1e-12, err_msg=name)
+    assert cut.ctx.rng.random() == whole.ctx.rng.random()  # the same draws were taken
+    gy = np.random.default_rng(4).normal(size=(n, *cut.output_shape))
+    cut.ctx.rng = np.random.default_rng(5)
+    whole.ctx.rng = np.random.default_rng(5)
+    np.testing.assert_allclose(cut.forward(x, train=True), whole.forward(x, train=True),
+                               rtol=1e-11, atol=1e-14)
+    (dx, _), (dx0, _) = cut.backward(gy), whole.backward(gy)
+    np.testing.assert_allclose(dx, dx0, rtol=1e-9, atol=1e-12)
+
+
+def test_a_failing_shard_does_not_leave_the_others_waiting(shards, monkeypatch):
+    """A worker shard fails before BatchNorm; the main shard, waiting there for its sums,
+    is released and the worker's error reaches the caller (no deadlock)."""
+    shards(2)
+    model, _ = pair(WITH_BATCHNORM)
+    x, labels = data(model, 32)
+    run = type(model._runners[0]).run
+    main = threading.get_ident()
+
+    def failing(self, *args, **kwargs):
+        if threading.get_ident() != main:
+            raise FloatingPointError("in the worker")
+        return run(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(model._runners[0]), "run", failing)
+    outcome = []
+
+    def attempt():
+        try:
+            model.loss_and_grads(x, labels)
+        except FloatingPointError as error:
+            outcome.append(error)
+
+    thread = threading.Thread(target=attempt, daemon=True)
+    thread.start()
+    thread.join(60)
+    assert not thread.is_alive() and len(outcome) == 1
 
 
 def test_shards_run_on_different_threads(shards, monkeypatch):
@@ -154,7 +197,7 @@ def test_shards_run_on_different_threads(shards, monkeypatch):
 
     monkeypatch.setattr(type(model._runners[0]), "run", spy)
     model.loss_and_grads(x, labels)
-    assert len(set(seen)) == 2 and seen[0] == threading.get_ident()
+    assert len(set(seen)) == 2 and threading.get_ident() in seen  # this thread and a worker
 
 
 def test_an_error_in_a_worker_shard_reaches_the_caller(shards, monkeypatch):

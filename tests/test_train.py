@@ -97,18 +97,16 @@ def test_interrupt_mid_epoch_saves_and_resumes_exactly(tmp_path):
     interrupt_and_resume(tmp_path, TINY)
 
 
-# no BatchNorm or Dropout: batches may be cut into one shard per thread (cnndsl.parallel)
-CUTTABLE = TINY.replace("-> BatchNorm ", "").replace("-> Dropout(0.2) ", "")
-
-
 def test_runs_with_batches_cut_across_threads_resume_exactly(tmp_path, monkeypatch):
+    """The same with each batch cut into one shard per thread (cnndsl.parallel), BatchNorm
+    statistics and Dropout masks shared across the shards."""
     import cnndsl.model
     from cnndsl import parallel
 
     monkeypatch.setattr(parallel, "thread_count", lambda: 2)
     monkeypatch.setattr(cnndsl.model, "SMALL_NET_MACS", 0)  # cut even this small network
-    straight = interrupt_and_resume(tmp_path, CUTTABLE)
-    assert len(straight.model._shards(16, train=True)) == 2  # batch 16: really cut
+    straight = interrupt_and_resume(tmp_path, TINY)
+    assert len(straight.model._shards(16)) == 2  # batch 16: really cut
 
 
 def interrupt_and_resume(tmp_path, text):

@@ -201,12 +201,13 @@ def bias_add(x2, b, *, out=None):
     return _bias(x2, b, False, out)
 
 
-def dropout_forward(x, p, rng, *, out=None):
+def dropout_forward(x, p, rng, *, out=None, uniform=None):
     """Inverted dropout: (y = x·mask, mask), mask: x's shape and dtype, 0 or 1/(1 - p).
 
     Keeps element i iff u_i >= p, with u = rng.random(x.shape, dtype) drawn in C order
     (float32 draws for float32 x, float64 otherwise), so a seeded Generator reproduces the
-    mask exactly and the NumPy twin draws the same one. `out=(y, mask)`.
+    mask exactly and the NumPy twin draws the same one. `uniform`: those draws made already
+    (x's shape; rng is then not used). `out=(y, mask)`.
     """
     p = float(p)
     if not 0.0 <= p <= 1.0:
@@ -214,7 +215,10 @@ def dropout_forward(x, p, rng, *, out=None):
     yo, mo = (None, None) if out is None else out
     y = _buffer(yo, x.shape, x.dtype)
     mask = _buffer(mo, x.shape, x.dtype)
-    rng.random(out=mask, dtype=mask.dtype)
+    if uniform is None:
+        rng.random(out=mask, dtype=mask.dtype)
+    else:
+        mask[...] = uniform
     scale = 0.0 if p >= 1.0 else 1.0 / (1.0 - p)
     _dropout_fwd(_flat(x), p, scale, mask.reshape(-1), y.reshape(-1))
     return y, mask

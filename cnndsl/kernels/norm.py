@@ -60,7 +60,24 @@ def _bn_train_fwd(x, gamma, beta, eps, y, mean, var, inv_std):
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def _bn_train_bwd(x, dy, gamma, mean, inv_std, dx, dgamma, dbeta):
+def _bn_sums(x, shift):
+    """Float64 Σ(x - shift) and Σ(x - shift)² per channel, chunked (see the module doc)."""
+    m_, c_ = x.shape
+    nch = min(_NCHUNK, m_)
+    s1 = np.zeros((nch, c_))
+    s2 = np.zeros((nch, c_))
+    for k in prange(nch):
+        for i in range(k * m_ // nch, (k + 1) * m_ // nch):
+            for c in range(c_):
+                d = np.float64(x[i, c]) - shift[c]
+                s1[k, c] += d
+                s2[k, c] += d * d
+    return s1.sum(axis=0), s2.sum(axis=0)
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _bn_grad_sums(x, dy, mean):
+    """Float64 Σdy and Σdy·(x - mean) per channel, chunked."""
     m_, c_ = x.shape
     nch = min(_NCHUNK, m_)
     s1 = np.zeros((nch, c_))
@@ -71,22 +88,22 @@ def _bn_train_bwd(x, dy, gamma, mean, inv_std, dx, dgamma, dbeta):
                 g = np.float64(dy[i, c])
                 s1[k, c] += g
                 s2[k, c] += g * (x[i, c] - mean[c])
-    # dx = γ·istd/M · (M·dy - Σdy - x̂·Σ(dy·x̂)),  x̂ = (x - mean)·istd
+    return s1.sum(axis=0), s2.sum(axis=0)
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _bn_dx(x, dy, gamma, mean, inv_std, sum_dy, sum_dyxc, count, dx):
+    """dx = γ·istd/M · (M·dy - Σdy - x̂·Σ(dy·x̂)), x̂ = (x - mean)·istd, from the sums over
+    all M = `count` rows of the batch (which may be more than x's)."""
+    m_, c_ = x.shape
     k1 = np.empty(c_)
     k2 = np.empty(c_)
     k3 = np.empty(c_)
     for c in range(c_):
-        t1 = 0.0
-        t2 = 0.0
-        for k in range(nch):
-            t1 += s1[k, c]
-            t2 += s2[k, c]
         istd = np.float64(inv_std[c])
-        dbeta[c] = t1
-        dgamma[c] = t2 * istd
         k1[c] = gamma[c] * istd
-        k2[c] = k1[c] * t1 / m_
-        k3[c] = k1[c] * istd * istd * t2 / m_
+        k2[c] = k1[c] * sum_dy[c] / count
+        k3[c] = k1[c] * istd * istd * sum_dyxc[c] / count
     for i in prange(m_):
         for c in range(c_):
             dx[i, c] = k1[c] * dy[i, c] - k2[c] - (x[i, c] - mean[c]) * k3[c]
@@ -135,6 +152,13 @@ def _bn_eval_bwd(x, dy, gamma, rmean, rvar, eps, dx, dgamma, dbeta):
     return dx
 
 
+def _check_dy(x2, dy2):
+    dy2 = np.ascontiguousarray(dy2)
+    if dy2.shape != x2.shape:
+        raise ValueError(f"dy {dy2.shape} does not match x {x2.shape}")
+    return dy2
+
+
 def _check(x2, *vectors):
     x2 = np.ascontiguousarray(x2)
     if x2.ndim != 2 or x2.shape[0] < 1:
@@ -173,14 +197,34 @@ def batchnorm_backward(x2, dy2, gamma, mean, inv_std, *, out=None):
     x̂ = (x - mean)·inv_std. `out` is the dx2 buffer.
     """
     x2, (gamma, mean, inv_std) = _check(x2, gamma, mean, inv_std)
-    dy2 = np.ascontiguousarray(dy2)
-    if dy2.shape != x2.shape:
-        raise ValueError(f"dy {dy2.shape} does not match x {x2.shape}")
-    c = x2.shape[1]
-    dx2 = _buffer(out, x2.shape, dy2.dtype)
-    dgamma, dbeta = np.empty(c, dy2.dtype), np.empty(c, dy2.dtype)
-    _bn_train_bwd(x2, dy2, gamma, mean, inv_std, dx2, dgamma, dbeta)
-    return dx2, dgamma, dbeta
+    dy2 = _check_dy(x2, dy2)
+    sum_dy, sum_dyxc = _bn_grad_sums(x2, dy2, mean)
+    dx2 = _bn_dx(x2, dy2, gamma, mean, inv_std, sum_dy, sum_dyxc, float(x2.shape[0]),
+                 _buffer(out, x2.shape, dy2.dtype))
+    return dx2, (sum_dyxc * inv_std).astype(dy2.dtype), sum_dy.astype(dy2.dtype)
+
+
+def batchnorm_sums(x2, shift):
+    """x2: M×C -> float64 (Σ(x - shift), Σ(x - shift)²) per channel: the statistics of a batch
+    cut into shards are these sums added over the shards (shift: float64 C)."""
+    x2, _ = _check(x2)
+    return _bn_sums(x2, np.ascontiguousarray(shift, dtype=np.float64))
+
+
+def batchnorm_grad_sums(x2, dy2, mean):
+    """x2, dy2: M×C -> float64 (Σdy, Σdy·(x - mean)) per channel, for `batchnorm_dx`."""
+    x2, (mean,) = _check(x2, mean)
+    return _bn_grad_sums(x2, _check_dy(x2, dy2), mean)
+
+
+def batchnorm_dx(x2, dy2, gamma, mean, inv_std, sum_dy, sum_dyxc, count, *, out=None):
+    """dx2 of `batchnorm_backward` from sums (`batchnorm_grad_sums`) over a whole batch of
+    `count` rows, of which x2 and dy2 are some."""
+    x2, (gamma, mean, inv_std) = _check(x2, gamma, mean, inv_std)
+    dy2 = _check_dy(x2, dy2)
+    return _bn_dx(x2, dy2, gamma, mean, inv_std, np.asarray(sum_dy, np.float64),
+                  np.asarray(sum_dyxc, np.float64), float(count),
+                  _buffer(out, x2.shape, dy2.dtype))
 
 
 def batchnorm_eval_backward(x2, dy2, gamma, running_mean, running_var, eps, *, out=None):
@@ -189,9 +233,7 @@ def batchnorm_eval_backward(x2, dy2, gamma, running_mean, running_var, eps, *, o
     dx = dy·gamma/sqrt(rv + eps), dgamma = Σ dy·(x - rm)/sqrt(rv + eps), dbeta = Σ dy.
     """
     x2, vs = _check(x2, gamma, running_mean, running_var)
-    dy2 = np.ascontiguousarray(dy2)
-    if dy2.shape != x2.shape:
-        raise ValueError(f"dy {dy2.shape} does not match x {x2.shape}")
+    dy2 = _check_dy(x2, dy2)
     c = x2.shape[1]
     dx2 = _buffer(out, x2.shape, dy2.dtype)
     dgamma, dbeta = np.empty(c, dy2.dtype), np.empty(c, dy2.dtype)

@@ -52,6 +52,9 @@ class Ctx:
     #: False while running the backward of a layer whose input gradient nobody needs
     #: (it reads the network's input): ops may then return None for dx and save work
     need_dx: bool = True
+    #: when the batch is cut across threads, this call's cnndsl.parallel.Shard: ops that
+    #: need the whole batch (batch statistics, random masks) go through it; else None
+    shard: object = None
 
     def kernels(self, family: str):
         """The kernel module of a family ("conv", "pool", ...) for this backend."""
@@ -95,9 +98,6 @@ class Op:
     explain_bare = False
     #: family, for diagram colours: conv, pool, dense, activation, norm, merge, io, shape
     family = "other"
-    #: False if a training forward must see the whole batch in one call (batch statistics,
-    #: one random stream); the model then never splits a training batch across threads
-    splits_batch_in_training = True
 
     @staticmethod
     def shape(p, *in_shapes):

@@ -26,7 +26,6 @@ class BatchNorm(Op):
     name = "BatchNorm"
     Params = BatchNormParams
     family = "norm"
-    splits_batch_in_training = False  # batch statistics
 
     @staticmethod
     def shape(p, x):
@@ -58,23 +57,52 @@ class BatchNorm(Op):
             y2 = kernels.batchnorm_eval_forward(x2, w["weight"], w["bias"], w["running_mean"],
                                                 w["running_var"], p.eps)
             return y2.reshape(x.shape), (False, x2, None, None)
-        y2, mean, var, inv_std = kernels.batchnorm_train_forward(x2, w["weight"], w["bias"],
-                                                                 p.eps)
-        # running statistics as PyTorch: unbiased variance, in place (they are buffers)
-        count = x2.shape[0]
-        unbiased = var * (count / max(count - 1, 1))
-        w["running_mean"] *= 1 - p.momentum
-        w["running_mean"] += p.momentum * mean
-        w["running_var"] *= 1 - p.momentum
-        w["running_var"] += p.momentum * unbiased
+        if ctx.shard is None:
+            y2, mean, var, inv_std = kernels.batchnorm_train_forward(
+                x2, w["weight"], w["bias"], p.eps)
+            count = x2.shape[0]
+        else:
+            y2, mean, var, inv_std, count = BatchNorm._shard_forward(p, w, x2, ctx)
+        if ctx.shard is None or ctx.shard.index == 0:  # once per batch
+            # running statistics as PyTorch: unbiased variance, in place (they are buffers)
+            unbiased = var * (count / max(count - 1, 1))
+            w["running_mean"] *= 1 - p.momentum
+            w["running_mean"] += p.momentum * mean
+            w["running_var"] *= 1 - p.momentum
+            w["running_var"] += p.momentum * unbiased
         return y2.reshape(x.shape), (True, x2, mean, inv_std)
+
+    @staticmethod
+    def _shard_forward(p, w, x2, ctx):
+        """Training forward of one shard of a batch cut across threads: the statistics are
+        the whole batch's (sums over every shard: the mean first, then the centred squares),
+        so the result is the whole-batch call's up to rounding."""
+        kernels, shard = ctx.kernels("norm"), ctx.shard
+        count = x2.shape[0] // (shard.end - shard.start) * shard.total  # rows in the batch
+        zero = np.zeros(x2.shape[1])
+        mean64 = shard.all_sum(kernels.batchnorm_sums(x2, zero)[0]) / count
+        var64 = shard.all_sum(kernels.batchnorm_sums(x2, mean64)[1]) / count
+        mean, var = mean64.astype(x2.dtype), var64.astype(x2.dtype)
+        inv_std = (1 / np.sqrt(var64 + p.eps)).astype(x2.dtype)
+        y2 = kernels.batchnorm_eval_forward(x2, w["weight"], w["bias"], mean, var, p.eps)
+        return y2, mean, var, inv_std, count
 
     @staticmethod
     def backward(p, g, w, saved, dy, ctx):
         trained, x2, mean, inv_std = saved
         dy2 = dy.reshape(x2.shape)
         kernels = ctx.kernels("norm")
-        if trained:
+        if trained and ctx.shard is not None:
+            # dx needs Σdy and Σdy·x̂ over the whole batch; this shard's own sums are its
+            # share of dgamma and dbeta (the model adds the shards' parameter gradients)
+            sum_dy, sum_dyxc = kernels.batchnorm_grad_sums(x2, dy2, mean)
+            totals = ctx.shard.all_sum(np.stack([sum_dy, sum_dyxc]))
+            count = x2.shape[0] // (ctx.shard.end - ctx.shard.start) * ctx.shard.total
+            dx2 = kernels.batchnorm_dx(x2, dy2, w["weight"], mean, inv_std, totals[0],
+                                       totals[1], count)
+            dgamma = (sum_dyxc * inv_std).astype(x2.dtype)
+            dbeta = sum_dy.astype(x2.dtype)
+        elif trained:
             dx2, dgamma, dbeta = kernels.batchnorm_backward(x2, dy2, w["weight"], mean, inv_std)
         else:
             dx2, dgamma, dbeta = kernels.batchnorm_eval_backward(
@@ -98,7 +126,6 @@ class Dropout(Op):
     name = "Dropout"
     Params = DropoutParams
     family = "norm"
-    splits_batch_in_training = False  # one mask stream from ctx.rng, as a single call draws it
 
     @staticmethod
     def shape(p, x):
@@ -112,7 +139,11 @@ class Dropout(Op):
     def forward(p, g, w, xs, ctx):
         if not ctx.train or p.p == 0:
             return xs[0], None
-        return ctx.kernels("elementwise").dropout_forward(xs[0], p.p, ctx.rng)
+        x = xs[0]
+        # a shard of a batch cut across threads takes its rows of the whole batch's draws
+        uniform = None if ctx.shard is None else ctx.shard.draw_uniform(
+            x.shape, x.dtype if x.dtype in (np.float32, np.float64) else np.float64)
+        return ctx.kernels("elementwise").dropout_forward(x, p.p, ctx.rng, uniform=uniform)
 
     @staticmethod
     def backward(p, g, w, mask, dy, ctx):

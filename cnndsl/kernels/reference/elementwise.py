@@ -51,8 +51,12 @@ def bias_add(x2, b, *, out=None):
     return _into(out, x2 + b, x2.dtype)
 
 
-def dropout_forward(x, p, rng, *, out=None):
-    u = rng.random(x.shape, dtype=x.dtype if x.dtype in (np.float32, np.float64) else np.float64)
+def dropout_forward(x, p, rng, *, out=None, uniform=None):
+    if uniform is None:
+        u = rng.random(x.shape,
+                       dtype=x.dtype if x.dtype in (np.float32, np.float64) else np.float64)
+    else:
+        u = uniform
     scale = 0.0 if p >= 1 else 1 / (1 - p)
     mask = np.where(u >= p, scale, 0).astype(x.dtype)
     yo, mo = (None, None) if out is None else out

@@ -41,3 +41,19 @@ def batchnorm_eval_backward(x2, dy2, gamma, running_mean, running_var, eps, *, o
     dgamma = (dy2 * (x2 - running_mean) * inv_std).sum(axis=0)
     t = dy2.dtype
     return _into(out, dx, t), dgamma.astype(t), dy2.sum(axis=0).astype(t)
+
+
+def batchnorm_sums(x2, shift):
+    d = x2.astype(np.float64) - np.asarray(shift, np.float64)
+    return d.sum(axis=0), (d * d).sum(axis=0)
+
+
+def batchnorm_grad_sums(x2, dy2, mean):
+    dy = dy2.astype(np.float64)
+    return dy.sum(axis=0), (dy * (x2 - mean)).sum(axis=0)
+
+
+def batchnorm_dx(x2, dy2, gamma, mean, inv_std, sum_dy, sum_dyxc, count, *, out=None):
+    xhat = (x2 - mean) * inv_std
+    dx = gamma * inv_std / count * (count * dy2 - sum_dy - xhat * (sum_dyxc * inv_std))
+    return _into(out, dx, dy2.dtype)
