@@ -236,9 +236,9 @@ class Model:
 
     def _run_shards(self, shards: list, work) -> list:
         """work(runner, start, end) for every shard, in parallel (cnndsl.parallel)."""
-        group = shards[0][0].ctx.shard
+        first = shards[0][0].ctx.shard  # None when the batch is whole
         return run_sharded([partial(work, *shard) for shard in shards], self._small,
-                           on_error=None if group is None else group.group.abort)
+                           on_error=None if first is None else first.group.abort)
 
     def _summed(self, shard_grads: list[dict]) -> dict[str, np.ndarray]:
         """Parameter gradients in `parameters()` order, summed over shards in shard order
