@@ -155,12 +155,8 @@ def test_batchnorm_and_dropout_see_the_whole_batch_when_cut(shards, text, count,
     np.testing.assert_allclose(dx, dx0, rtol=1e-9, atol=1e-12)
 
 
-def test_a_failing_shard_does_not_leave_the_others_waiting(shards, monkeypatch):
-    """A worker shard fails before BatchNorm; the main shard, waiting there for its sums,
-    is released and the worker's error reaches the caller (no deadlock)."""
-    shards(2)
-    model, _ = pair(WITH_BATCHNORM)
-    x, labels = data(model, 32)
+def fail_in_workers(monkeypatch, model):
+    """Make every shard that runs on a worker thread raise FloatingPointError."""
     run = type(model._runners[0]).run
     main = threading.get_ident()
 
@@ -170,6 +166,15 @@ def test_a_failing_shard_does_not_leave_the_others_waiting(shards, monkeypatch):
         return run(self, *args, **kwargs)
 
     monkeypatch.setattr(type(model._runners[0]), "run", failing)
+
+
+def test_a_failing_shard_does_not_leave_the_others_waiting(shards, monkeypatch):
+    """A worker shard fails before BatchNorm; the main shard, waiting there for its sums,
+    is released and the worker's error reaches the caller (no deadlock)."""
+    shards(2)
+    model, _ = pair(WITH_BATCHNORM)
+    x, labels = data(model, 32)
+    fail_in_workers(monkeypatch, model)
     outcome = []
 
     def attempt():
@@ -204,15 +209,7 @@ def test_an_error_in_a_worker_shard_reaches_the_caller(shards, monkeypatch):
     shards(2)
     model, _ = pair(NO_BATCH_COUPLING)
     x, labels = data(model, 32)
-    run = type(model._runners[0]).run
-    main = threading.get_ident()
-
-    def failing(self, *args, **kwargs):
-        if threading.get_ident() != main:
-            raise FloatingPointError("in the worker")
-        return run(self, *args, **kwargs)
-
-    monkeypatch.setattr(type(model._runners[0]), "run", failing)
+    fail_in_workers(monkeypatch, model)
     with pytest.raises(FloatingPointError, match="in the worker"):
         model.loss_and_grads(x, labels)
     monkeypatch.undo()

@@ -25,41 +25,6 @@ _NCHUNK = 16
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def _bn_train_fwd(x, gamma, beta, eps, y, mean, var, inv_std):
-    m_, c_ = x.shape
-    nch = min(_NCHUNK, m_)
-    s1 = np.zeros((nch, c_))
-    s2 = np.zeros((nch, c_))
-    for k in prange(nch):
-        for i in range(k * m_ // nch, (k + 1) * m_ // nch):
-            for c in range(c_):
-                # shifted by row 0: Σd² - (Σd)²/M then cancels little (one pass, float64)
-                d = np.float64(x[i, c]) - np.float64(x[0, c])
-                s1[k, c] += d
-                s2[k, c] += d * d
-    a = np.empty(c_)
-    mu = np.empty(c_)
-    for c in range(c_):
-        t1 = 0.0
-        t2 = 0.0
-        for k in range(nch):
-            t1 += s1[k, c]
-            t2 += s2[k, c]
-        md = t1 / m_
-        v = max(t2 / m_ - md * md, 0.0)
-        mu[c] = md + x[0, c]
-        istd = 1.0 / math.sqrt(v + eps)
-        mean[c] = mu[c]
-        var[c] = v
-        inv_std[c] = istd
-        a[c] = gamma[c] * istd
-    for i in prange(m_):
-        for c in range(c_):
-            y[i, c] = (x[i, c] - mu[c]) * a[c] + beta[c]
-    return y
-
-
-@njit(parallel=True, cache=True, nogil=True)
 def _bn_sums(x, shift):
     """Float64 Σ(x - shift) and Σ(x - shift)² per channel, chunked (see the module doc)."""
     m_, c_ = x.shape
@@ -73,6 +38,31 @@ def _bn_sums(x, shift):
                 s1[k, c] += d
                 s2[k, c] += d * d
     return s1.sum(axis=0), s2.sum(axis=0)
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def _bn_train_fwd(x, gamma, beta, eps, y, mean, var, inv_std):
+    m_, c_ = x.shape
+    # shifted by row 0: Σd² - (Σd)²/M then cancels little (one pass, float64)
+    shift = np.empty(c_)
+    for c in range(c_):
+        shift[c] = x[0, c]
+    t1, t2 = _bn_sums(x, shift)
+    a = np.empty(c_)
+    mu = np.empty(c_)
+    for c in range(c_):
+        md = t1[c] / m_
+        v = max(t2[c] / m_ - md * md, 0.0)
+        mu[c] = md + x[0, c]
+        istd = 1.0 / math.sqrt(v + eps)
+        mean[c] = mu[c]
+        var[c] = v
+        inv_std[c] = istd
+        a[c] = gamma[c] * istd
+    for i in prange(m_):
+        for c in range(c_):
+            y[i, c] = (x[i, c] - mu[c]) * a[c] + beta[c]
+    return y
 
 
 @njit(parallel=True, cache=True, nogil=True)
