@@ -41,17 +41,18 @@ def compile(source_text: str, seed: int = 0, **bindings):
 
 
 def load(path: str, seed: int = 0, **bindings):
-    """`compile` the .cnn file at `path`."""
+    """`compile` the .cnn file at `path` (errors name `path`)."""
+    from cnndsl.model import Model
     from cnndsl.source import read_source
 
-    return compile(read_source(path), seed=seed, **bindings)
+    return Model(check_text(read_source(path), bindings, filename=str(path)), seed=seed)
 
 
 def check_file(path: str, **bindings):
     """Read, parse and shape-check a .cnn file; returns the annotated IR graph."""
     from cnndsl.source import read_source
 
-    return check_text(read_source(path), bindings)
+    return check_text(read_source(path), bindings, filename=str(path))
 
 
 __all__ = [

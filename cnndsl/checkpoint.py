@@ -1,8 +1,10 @@
 """Weights files: parameters, buffers, optimizer state and metadata in one `.npz`.
 
 Keys: `param/<name>`, `buffer/<name>`, `optim/<key>`, and `meta`, a JSON document (as
-uint8 bytes) holding the architecture text and bindings, the training settings, progress
-(epoch, step, running sums, history), the dropout RNG state and the class names.
+uint8 bytes) holding the compiled graph (`cnndsl.architecture`), the architecture text and
+bindings, the training settings and data, progress (epoch, step, running sums, history),
+the dropout RNG state and the class names. Loading weights into a model compares the
+stored graph with the model's and refuses another network with the first difference.
 Files are written to a temporary name and renamed, so a crash never leaves half a file.
 """
 
@@ -15,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cnndsl import architecture
 from cnndsl.errors import CnnDslError
 
 FORMAT = "cnndsl-weights-1"
@@ -29,7 +32,8 @@ def save(path: str, model, optimizer=None, meta: dict | None = None) -> None:
     arrays.update({f"buffer/{k}": v for k, v in model.buffers().items()})
     if optimizer is not None:
         arrays.update({f"optim/{k}": v for k, v in optimizer.state_dict().items()})
-    document = {"format": FORMAT, **(meta or {})}
+    graph = {"version": architecture.VERSION, "layers": architecture.describe(model.graph)}
+    document = {"format": FORMAT, **(meta or {}), "graph": graph}
     arrays["meta"] = np.frombuffer(json.dumps(document).encode("utf-8"), dtype=np.uint8)
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -65,8 +69,47 @@ def load(path: str) -> tuple[dict, dict]:
     return arrays, meta
 
 
-def restore_model(model, arrays: dict, path: str) -> None:
-    """Copy parameters and buffers into `model`, after checking they are its own."""
+def check_architecture(model, meta: dict, path: str, force: bool = False,
+                       warn=None) -> None:
+    """Refuse weights trained in another graph than `model`'s, naming the first difference;
+    with `force`, call `warn(message)` instead (the weights must still fit)."""
+    difference = _architecture_difference(model, meta, path)
+    if difference is None:
+        return
+    if force:
+        if warn is not None:
+            warn(f"'{path}' was trained on another network ({difference}); loading it "
+                 "anyway because of --force")
+        return
+    raise CheckpointError(f"'{path}' holds weights of another network: {difference}",
+                          hint="use the .cnn file (and --set bindings) it was trained with "
+                               "(its text is stored in the weights file: `cnndsl eval "
+                               "--weights W.npz` uses it), or --force to load them anyway")
+
+
+def _architecture_difference(model, meta: dict, path: str) -> str | None:
+    here = architecture.describe(model.graph)
+    stored = meta.get("graph")
+    if isinstance(stored, dict) and stored.get("version") == architecture.VERSION:
+        return architecture.first_difference(stored["layers"], here, Path(path).name)
+    text = meta.get("architecture")
+    if not isinstance(text, str):
+        return "the file does not say which network it belongs to"
+    from cnndsl.frontend import check_text
+
+    try:  # an older file: compile the text it was trained from
+        graph = check_text(text, meta.get("bindings") or {})
+    except CnnDslError as error:
+        return f"its stored network no longer compiles ({error.message})"
+    return architecture.first_difference(architecture.describe(graph), here,
+                                         Path(path).name)
+
+
+def restore_model(model, arrays: dict, meta: dict, path: str, force: bool = False,
+                  warn=None) -> None:
+    """Copy parameters and buffers into `model`, after checking they are its own: the same
+    compiled graph (`check_architecture`), then the same names and shapes."""
+    check_architecture(model, meta, path, force, warn)
     for kind, expected in (("param", model.parameters()), ("buffer", model.buffers())):
         stored = {k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith(kind + "/")}
         for name, array in expected.items():
@@ -91,3 +134,11 @@ def _other_network(path: str, detail: str, stored: dict) -> CheckpointError:
     return CheckpointError(f"'{path}' holds weights of another network: {detail}",
                            hint="use the .cnn file (and --set bindings) it was trained with; "
                                 "its text is stored in the weights file")
+
+
+def load_into(model, path: str, force: bool = False, warn=None) -> dict:
+    """Load the weights file at `path` into `model` (checked as `restore_model` does);
+    returns its metadata."""
+    arrays, meta = load(path)
+    restore_model(model, arrays, meta, path, force, warn)
+    return meta

@@ -1,4 +1,4 @@
-"""The `cnndsl` command line (LANGUAGE.md §6).
+"""The `cnndsl` command line (docs/language.md, "Command line").
 
 Exit status: 0 valid, 1 an error in the user's file or data, 2 a usage error.
 A user never sees a traceback: errors in their file are printed as
@@ -32,28 +32,60 @@ def parse_binding(text: str) -> tuple[str, int]:
             f"'{name}' must be bound to a whole number, got '{value}'") from None
 
 
-def add_file_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("file", help="the .cnn network description")
+class HelpFormatter(argparse.HelpFormatter):
+    """Every option's help ends with its default, unless the text already gives it or it
+    is an on/off flag (off by default) or has none."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, [], argparse.SUPPRESS) or \
+                not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def add_file_arguments(parser: argparse.ArgumentParser, optional: bool = False) -> None:
+    if optional:
+        parser.add_argument("file", nargs="?",
+                            help="the .cnn network description (default: the network stored "
+                                 "in the weights file)")
+    else:
+        parser.add_argument("file", help="the .cnn network description")
     parser.add_argument("--set", dest="bindings", metavar="NAME=VALUE", action="append",
                         type=parse_binding, default=[],
-                        help="override a 'let' binding (repeatable), e.g. --set k=3")
+                        help="override a 'let' binding (repeatable), e.g. --set k=3; "
+                             "default: the file's own values")
+
+
+def add_force_argument(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--force", action="store_true",
+                        help=f"{what} even if the weights file was trained on a different "
+                             "network (a warning names the first difference)")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from cnndsl import __version__
+
     parser = argparse.ArgumentParser(
-        prog="cnndsl", description="Check, draw, train and export convolutional networks "
-                                   "written as text (.cnn files).")
+        prog="cnndsl", formatter_class=HelpFormatter,
+        description="Check, draw, train and export convolutional networks written as text "
+                    "(.cnn files). The reference: docs/language.md.")
+    parser.add_argument("--version", action="version", version=f"cnndsl {__version__}",
+                        help="print the version and exit")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    check = commands.add_parser("check", help="parse and shape-check a file; print its layers")
+    def command(name, **kwargs):
+        return commands.add_parser(name, formatter_class=HelpFormatter, **kwargs)
+
+    check = command("check", help="parse and shape-check a file; print its layers")
     add_file_arguments(check)
     check.add_argument("--json", action="store_true",
-                       help="print one JSON object (LANGUAGE.md §6) instead of the table")
+                       help="print one JSON object (docs/language.md) instead of the table")
     check.add_argument("--dump-ir", action="store_true",
                        help="also print every IR node with its attributes (debugging)")
     check.set_defaults(run=run_check)
 
-    render = commands.add_parser(
+    render = command(
         "render", help="draw the network with graphviz (svg, png, pdf or dot)",
         description="Draw the network: one node per layer, the tensor shape on every edge, "
                     "repetitions and macro calls as clusters.")
@@ -61,51 +93,64 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("-o", "--output", metavar="OUT",
                         help="output file (default: the file's name with the format's suffix, "
                              "in the current folder); the suffix picks the format")
-    render.add_argument("--format", choices=FORMATS, help="svg (default), png, pdf or dot")
+    render.add_argument("--format", choices=FORMATS,
+                        help="svg, png, pdf or dot (default: -o's suffix, else svg)")
     render.add_argument("--collapse", action="store_true",
                         help="draw each repetition once, with a ×k badge")
     render.add_argument("--rankdir", choices=("TB", "LR"), default="TB",
-                        help="top to bottom (default) or left to right")
+                        help="top to bottom (TB) or left to right (LR)")
     render.set_defaults(run=run_render)
 
-    train = commands.add_parser(
+    train = command(
         "train", help="train a network on a dataset, with a progress bar and checkpoints",
         description="Train FILE's network. Settings come from the defaults, then the file's "
-                    "train { ... } block, then these flags.")
+                    "train { ... } block, then these flags. With --resume, the saved run's "
+                    "settings and data are kept: a flag that changes one is refused unless "
+                    "it is --epochs or --allow-changes is given.")
     add_file_arguments(train)
-    train.add_argument("--data", default="fashion-mnist",
+    train.add_argument("--data",
                        help="fashion-mnist, mnist, a folder of IDX files or of images per "
-                            "class, or an .npz file (default: fashion-mnist)")
+                            "class, or an .npz file (default: fashion-mnist; with --resume, "
+                            "the saved run's)")
     train.add_argument("-o", "--output", metavar="W.npz",
                        help="weights file (default: FILE's name with .npz, here)")
     train.add_argument("--resume", action="store_true",
                        help="continue the run saved in the weights file exactly")
+    train.add_argument("--allow-changes", action="store_true",
+                       help="with --resume: accept changed settings or data (recorded in "
+                            "the metrics JSON under 'changes')")
     train.add_argument("--overwrite", action="store_true",
                        help="start afresh even if the weights file exists")
+    add_force_argument(train, "--resume")
     for flag, kind, text in TRAIN_FLAGS:
         train.add_argument(f"--{flag.replace('_', '-')}", dest=flag, type=kind, help=text)
     train.add_argument("--nesterov", action="store_true", default=None,
-                       help="Nesterov momentum (sgd)")
+                       help="Nesterov momentum (sgd; default: off)")
     train.add_argument("--limit", type=int, metavar="N",
-                       help="train on a seeded random N of the training images (quick runs)")
+                       help="use a seeded random N of the training images and N of the test "
+                            "images, for quick runs (default: all; 0 means all)")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.set_defaults(run=run_train)
 
-    evaluate = commands.add_parser("eval", help="accuracy, per-class accuracy and confusion "
-                                                "matrix of trained weights on a test set")
-    add_file_arguments(evaluate)
-    evaluate.add_argument("--weights", required=True, metavar="W.npz")
+    evaluate = command("eval", help="accuracy, per-class accuracy and confusion matrix of "
+                                    "trained weights on a test set")
+    add_file_arguments(evaluate, optional=True)
+    evaluate.add_argument("--weights", required=True, metavar="W.npz",
+                          help="the trained weights (a file written by cnndsl train)")
     evaluate.add_argument("--data", help="dataset (default: the one it was trained on)")
+    add_force_argument(evaluate, "evaluate")
     evaluate.set_defaults(run=run_eval)
 
-    predict = commands.add_parser("predict", help="classify image files (PNG/JPEG)")
+    predict = command("predict", help="classify image files (PNG/JPEG)")
     add_file_arguments(predict)
-    predict.add_argument("--weights", required=True, metavar="W.npz")
-    predict.add_argument("images", nargs="+", metavar="IMAGE")
+    predict.add_argument("--weights", required=True, metavar="W.npz",
+                         help="the trained weights (a file written by cnndsl train)")
+    predict.add_argument("images", nargs="+", metavar="IMAGE", help="PNG or JPEG files")
     predict.add_argument("--top", type=int, default=3, help="classes shown per image")
+    add_force_argument(predict, "predict")
     predict.set_defaults(run=run_predict)
 
-    export = commands.add_parser(
+    export = command(
         "export", help="write the network (and weights) as ONNX or as PyTorch source",
         description="ONNX: one file with the weights, dynamic batch axis, channels-last "
                     "input named 'input'. PyTorch: a readable nn.Module source file plus a "
@@ -113,42 +158,48 @@ def build_parser() -> argparse.ArgumentParser:
     add_file_arguments(export)
     export.add_argument("--weights", metavar="W.npz",
                         help="trained weights (default: freshly initialised, --seed)")
-    export.add_argument("--to", required=True, choices=("onnx", "pytorch"))
+    export.add_argument("--to", required=True, choices=("onnx", "pytorch"),
+                        help="onnx (one .onnx file) or pytorch (OUT.py and OUT.pt)")
     export.add_argument("-o", "--output", metavar="OUT",
                         help="output file (default: FILE's name with .onnx or .py)")
     export.add_argument("--seed", type=int, default=0, help="initial weights without --weights")
+    add_force_argument(export, "export")
     export.set_defaults(run=run_export)
     return parser
 
 
 TRAIN_FLAGS = [
-    ("epochs", int, "number of epochs"), ("batch", int, "batch size"),
+    ("epochs", int, ("number of epochs (default 5); with --resume, a higher number extends "
+                    "the run")),
+    ("batch", int, "batch size (default 64)"),
     ("lr", float, "learning rate (default 0.001 for adam/adamw, 0.01 for sgd)"),
     ("optimizer", str, "sgd, adam or adamw (default adam)"),
     ("momentum", float, "SGD momentum (default 0.9)"),
-    ("weight_decay", float, "L2 penalty (sgd, adam) or decoupled decay (adamw)"),
-    ("schedule", str, "learning-rate schedule per epoch: none, step or cosine"),
+    ("weight_decay", float, "L2 penalty (sgd, adam) or decoupled decay (adamw) (default 0)"),
+    ("schedule", str, "learning-rate schedule per epoch: none, step or cosine (default none)"),
     ("step_size", int, "step schedule: epochs between decays (default 2)"),
     ("gamma", float, "step schedule: decay factor (default 0.1)"),
     ("seed", int, "seed of initial weights, shuffling and dropout (default 0)"),
-    ("val", float, "fraction of training images held out for validation (default 0.1)"),
+    ("val", float, ("fraction of training images held out for validation; 0 for none "
+                   "(default 0.1)")),
 ]
 
 
 class Loaded:
     """A file read and checked, with what error reporting needs."""
 
-    def __init__(self, args):
+    def __init__(self, args, text: str | None = None, bindings: dict | None = None):
+        """FILE of `args`, or (`text`, `bindings`) when given (a network stored in a
+        weights file); `args.bindings` override either."""
         from cnndsl.frontend import check_text
         from cnndsl.source import read_source
 
         self.path = args.file
-        self.text = None
-        self.text = read_source(args.file)
-        self.bindings = dict(args.bindings)
-        self.graph = check_text(self.text, self.bindings)
+        self.text = read_source(args.file) if text is None else text
+        self.bindings = {**(bindings or {}), **dict(args.bindings)}
+        self.graph = check_text(self.text, self.bindings, self.path or "<string>")
         used = self.graph.graph.get("used_bindings", [])
-        for name in self.bindings:
+        for name in dict(args.bindings):
             if name not in used:
                 print(f"cnndsl: warning: --set {name}={self.bindings[name]} is not used by "
                       f"{self.path}", file=sys.stderr)
@@ -218,24 +269,25 @@ def _usage_error(message: str):
 def run_train(args, context: dict) -> int:
     from pathlib import Path
 
-    import numpy as np
-
-    from cnndsl.data import check_against, load_dataset, split_validation
+    from cnndsl import checkpoint
     from cnndsl.model import Model
     from cnndsl.parser import parse
     from cnndsl.train import Interrupted, Trainer, metrics_paths
-    from cnndsl.trainconfig import convert, from_program
+    from cnndsl.trainconfig import TrainConfig, convert, program_settings
 
     context["path"] = args.file
     loaded = Loaded(args)
-    config = from_program(parse(loaded.text), loaded.bindings)
+    in_file = program_settings(parse(loaded.text), loaded.bindings)
+    flags = {}
     for flag in [f for f, _, _ in TRAIN_FLAGS] + ["nesterov"]:
         value = getattr(args, flag)
         if value is not None:
             try:
-                setattr(config, flag, convert(flag, value))
+                flags[flag] = convert(flag, value)
             except ValueError as error:
                 _usage_error(f"--{flag.replace('_', '-')}: {error}")
+    if args.limit is not None and args.limit < 0:
+        _usage_error(f"--limit must be 0 (all) or a number of images, got {args.limit}")
     out = args.output or f"{Path(args.file).stem}.npz"
     if Path(out).exists() and not (args.resume or args.overwrite):
         print(f"cnndsl: error: '{out}' exists; it may hold a run's weights\n"
@@ -246,30 +298,57 @@ def run_train(args, context: dict) -> int:
         print(f"cnndsl: error: --resume: '{out}' does not exist\n"
               "hint: name the weights file to continue with -o", file=sys.stderr)
         return 1
+    if args.allow_changes and not args.resume:
+        _usage_error("--allow-changes only applies with --resume")
 
-    data = load_dataset(args.data)
+    saved = None
+    data_request = {"data": args.data, "limit": args.limit or None}
+    requested = {**in_file, **flags}
+    if args.resume:  # the saved run's settings and data, unless a flag or the file's
+        arrays, meta = checkpoint.load(out)  # train block (edited since) changes them
+        saved = (arrays, meta)
+        config = TrainConfig(**{k: v for k, v in meta.get("config", {}).items()
+                                if k in TrainConfig.__dataclass_fields__})
+        saved_file = meta.get("train_block")
+        requested = {**{k: v for k, v in in_file.items()
+                        if saved_file is None or saved_file.get(k) != v}, **flags}
+        stored_data = meta.get("run_data") or {"data": meta.get("data")}
+        if args.data is None:
+            data_request["data"] = stored_data.get("data")
+        if args.limit is None:
+            data_request["limit"] = stored_data.get("limit")
+    else:
+        config = TrainConfig()
+    for name, value in requested.items():
+        setattr(config, name, value)
+    data_request["data"] = data_request["data"] or "fashion-mnist"
+
     model = Model(loaded.graph, seed=config.seed)
-    for warning in check_against(data, model.input_shape, model.output_shape):
+    data, splits, limited = _training_data(data_request, config, model)
+    for warning in data.warnings:
         print(f"cnndsl: warning: {warning}", file=sys.stderr)
-    x_train, y_train = data.x_train, data.y_train
-    if args.limit:
-        keep = np.random.default_rng(config.seed).permutation(len(x_train))[:args.limit]
-        x_train, y_train = x_train[np.sort(keep)], y_train[np.sort(keep)]
-    x_tr, y_tr, x_val, y_val = split_validation(x_train, y_train, config.val, config.seed)
+    run_data = {**data_request, "fingerprint": data.fingerprint}
     meta = {"architecture": loaded.text, "bindings": loaded.bindings, "name": model.name,
-            "classes": list(data.classes), "data": args.data,
+            "classes": list(data.dataset.classes), "data": data_request["data"],
+            "run_data": run_data, "train_block": in_file,
             "input_shape": list(model.input_shape)}
-    trainer = Trainer(model, config, (x_tr, y_tr, x_val, y_val, data.x_test, data.y_test),
-                      out, meta, progress_bar=not args.no_progress and sys.stderr.isatty(),
+    x_tr, x_val = splits[0], splits[2]
+    trainer = Trainer(model, config, splits, out, meta,
+                      progress_bar=not args.no_progress and sys.stderr.isatty(),
                       log=lambda line: print(line, flush=True))
-    if args.resume:
-        trainer.resume(out)
+    if saved is not None:
+        changes = _resume_changes(saved[1], config, run_data, out, args)
+        trainer.resume(out, *saved, changes=changes, force=args.force, warn=_warn)
         print(f"resuming {out}: {trainer.state.epoch} of {config.epochs} epochs done"
               + (f", batch {trainer.state.step} of the next" if trainer.state.step else ""))
-    print(f"training {model.name} ({model.num_params:,} parameters) on {data.source}: "
-          f"{len(x_tr):,} images, {len(x_val):,} held out, {config.epochs} epochs, "
-          f"{config.optimizer} lr {config.learning_rate:g}, batch {config.batch}, "
-          f"seed {config.seed}", flush=True)
+        for change in changes:
+            print(f"cnndsl: note: {change['setting']} changed from {change['from']} to "
+                  f"{change['to']} (recorded in the metrics)", file=sys.stderr)
+    held_out = f", {len(x_val):,} held out" if len(x_val) else ", no validation split"
+    print(f"training {model.name} ({model.num_params:,} parameters) on "
+          f"{data.dataset.source}{limited}: {len(x_tr):,} images{held_out}, "
+          f"{config.epochs} epoch{'s' if config.epochs != 1 else ''}, {config.optimizer} lr {config.learning_rate:g}, "
+          f"batch {config.batch}, seed {config.seed}", flush=True)
     try:
         state = trainer.run()
     except Interrupted:
@@ -280,20 +359,126 @@ def run_train(args, context: dict) -> int:
     paths = metrics_paths(out)
     if state.test:
         print(f"test accuracy {state.test['accuracy']:.4f} (loss {state.test['loss']:.4f}) "
-              f"on {len(data.x_test):,} images")
+              f"on {len(splits[4]):,} images")
     print(f"wrote {out}, {paths['csv']}, {paths['json']}, {paths['png']}")
     return 0
 
 
-def _trained_model(args):
-    """The model of FILE with the weights of --weights (checked to be its own)."""
+class _TrainingData:
+    """A dataset checked against the network, with its loading warnings and fingerprint."""
+
+    def __init__(self, dataset, warnings: list[str], fingerprint: str):
+        self.dataset, self.warnings, self.fingerprint = dataset, warnings, fingerprint
+
+
+def _training_data(request: dict, config, model) -> tuple:
+    """(data, (x_tr, y_tr, x_val, y_val, x_test, y_test), note): the dataset checked
+    against `model`, `--limit` applied to the training and the test images (seeded), the
+    validation part held out."""
+    from cnndsl.data import check_against, fingerprint, load_dataset, split_validation
+
+    dataset = load_dataset(request["data"])
+    warnings = check_against(dataset, model.input_shape, model.output_shape)
+    x_train, y_train = dataset.x_train, dataset.y_train
+    x_test, y_test = dataset.x_test, dataset.y_test
+    note = ""
+    limit = request["limit"]
+    if limit:
+        x_train, y_train = _seeded_subset(x_train, y_train, limit, config.seed)
+        x_test, y_test = _seeded_subset(x_test, y_test, limit, config.seed + 1)
+        note = f" (--limit {limit}: {len(x_train):,} training, {len(x_test):,} test images)"
+    splits = (*split_validation(x_train, y_train, config.val, config.seed), x_test, y_test)
+    data = _TrainingData(dataset, warnings, fingerprint(*splits))
+    return data, splits, note
+
+
+def _seeded_subset(x, y, limit: int, seed: int):
+    """A seeded random `limit` of the examples (all when there are fewer), in their order."""
+    import numpy as np
+
+    if limit >= len(x):
+        return x, y
+    keep = np.sort(np.random.default_rng(seed).permutation(len(x))[:limit])
+    return x[keep], y[keep]
+
+
+def _resume_changes(meta: dict, config, run_data: dict, out: str, args) -> list[dict]:
+    """The settings and data of this command that differ from the saved run's, as
+    {"setting", "from", "to"}; raises a located refusal unless every one is allowed
+    (`--epochs` upwards always, anything else with --allow-changes)."""
+    from cnndsl.checkpoint import CheckpointError
+
+    saved_config = meta.get("config", {})
+    saved_data = meta.get("run_data") or {"data": meta.get("data")}
+    changes = []
+    for name, value in config.as_dict().items():
+        if name in saved_config and saved_config[name] != value:
+            changes.append({"setting": name, "from": saved_config[name], "to": value})
+    for name in ("data", "limit"):
+        if name in saved_data and saved_data[name] != run_data[name]:
+            changes.append({"setting": name, "from": saved_data[name], "to": run_data[name]})
+    reshuffled = any(c["setting"] in ("data", "limit", "val", "seed") for c in changes)
+    if saved_data.get("fingerprint") not in (None, run_data["fingerprint"]) and not reshuffled:
+        changes.append({"setting": "fingerprint", "from": saved_data["fingerprint"],
+                        "to": run_data["fingerprint"]})
+    progress = meta.get("progress", {})
+    done, step = progress.get("epoch", 0), progress.get("step", 0)
+    refused = [c for c in changes if not (c["setting"] == "epochs" and c["to"] > done)]
+    if refused and not args.allow_changes:
+        listed = "; ".join(_describe_change(c) for c in refused)
+        raise CheckpointError(
+            f"--resume: this command differs from the run saved in '{out}': {listed}",
+            hint="resume with the saved settings (leave the flags out: --resume keeps them), "
+                 "or add --allow-changes to continue with the new ones (recorded in the "
+                 "metrics); only a higher --epochs is accepted without it")
+    mid_epoch = [c for c in refused if c["setting"] in ("batch", "seed", "val", "data", "limit",
+                                                        "fingerprint")]
+    if mid_epoch and step:
+        raise CheckpointError(
+            f"--resume: '{out}' stopped in the middle of epoch {done + 1}, and "
+            f"{_describe_change(mid_epoch[0])} would change that epoch's batches",
+            hint="resume without that change to finish the epoch, then change it")
+    return changes
+
+
+def _describe_change(change: dict) -> str:
+    setting = change["setting"]
+    if setting == "fingerprint":
+        return "the data changed since the run began (same name, other contents)"
+    flag = "--" + setting.replace("_", "-")
+    return f"{flag} {_show_setting(change['to'])} (saved: {_show_setting(change['from'])})"
+
+
+def _show_setting(value) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _warn(message: str) -> None:
+    print(f"cnndsl: warning: {message}", file=sys.stderr)
+
+
+def _trained_model(args, weights_path: str):
+    """The model of FILE (or of the network stored in the weights file when FILE is not
+    given) with the weights of `weights_path`, checked to be its own."""
     from cnndsl import checkpoint
     from cnndsl.model import Model
 
-    loaded = Loaded(args)
-    arrays, meta = checkpoint.load(args.weights)
+    arrays, meta = checkpoint.load(weights_path)
+    if args.file is None:
+        text = meta.get("architecture")
+        if not isinstance(text, str):
+            raise checkpoint.CheckpointError(
+                f"'{weights_path}' does not hold the text of its network",
+                hint="name the .cnn file it was trained with: cnndsl eval FILE --weights W.npz")
+        loaded = Loaded(args, text, meta.get("bindings") or {})
+    else:
+        loaded = Loaded(args)
     model = Model(loaded.graph)
-    checkpoint.restore_model(model, arrays, args.weights)
+    checkpoint.restore_model(model, arrays, meta, weights_path, args.force, _warn)
     return model, meta
 
 
@@ -307,7 +492,7 @@ def run_eval(args, context: dict) -> int:
     from cnndsl.train import predict_proba
 
     context["path"] = args.file
-    model, meta = _trained_model(args)
+    model, meta = _trained_model(args, args.weights)
     data = load_dataset(args.data or meta.get("data") or "fashion-mnist")
     check_against(data, model.input_shape, model.output_shape)
     probs = np.concatenate([predict_proba(model, data.x_test[i:i + 500])
@@ -328,7 +513,7 @@ def run_predict(args, context: dict) -> int:
     from cnndsl.train import predict_proba
 
     context["path"] = args.file
-    model, meta = _trained_model(args)
+    model, meta = _trained_model(args, args.weights)
     images, notes = load_images(args.images, model.input_shape)
     for note in notes:
         print(f"cnndsl: note: {note}", file=sys.stderr)
@@ -351,8 +536,8 @@ def run_export(args, context: dict) -> int:
     loaded = Loaded(args)
     model = Model(loaded.graph, seed=args.seed)
     if args.weights:
-        arrays, _ = checkpoint.load(args.weights)
-        checkpoint.restore_model(model, arrays, args.weights)
+        arrays, meta = checkpoint.load(args.weights)
+        checkpoint.restore_model(model, arrays, meta, args.weights, args.force, _warn)
     suffix = ".onnx" if args.to == "onnx" else ".py"
     out = args.output or f"{Path(args.file).stem}{suffix}"
     try:

@@ -18,6 +18,7 @@ file and what is wrong; no NumPy, gzip, zip or Pillow exception reaches the user
 from __future__ import annotations
 
 import gzip
+import hashlib
 import os
 import struct
 import zipfile
@@ -354,8 +355,8 @@ def _npz_images(x: np.ndarray, key: str, path: Path, notes: list[str]) -> np.nda
     else:
         raise DataError(f"{where} has dtype {x.dtype}; expected uint8 or float pixels",
                         hint=NPZ_HINT, path=path)
-    if out.ndim == 3:
-        out = out[..., None]   # (N, H, W) grayscale -> one channel
+    # kept as saved: (N, H, W) may be grayscale images or 1-D signals of W channels, so a
+    # missing channel axis is added by check_against, which knows the network's input
     return np.ascontiguousarray(out)
 
 
@@ -577,14 +578,22 @@ def load_images(paths, input_shape) -> tuple[np.ndarray, list[str]]:
 # ---------------------------------------------------------------------------- checks
 
 def check_against(data: Dataset, input_shape: tuple, output_shape: tuple) -> list[str]:
-    """Raise DataError unless the network's input is exactly one example's shape and its
-    output a flat vector of at least len(data.classes) scores; return warnings (including
-    the dataset's loading notes)."""
+    """Raise DataError unless the network's input is one example's shape and its output a
+    flat vector of at least len(data.classes) scores; return warnings (including the
+    dataset's loading notes). Examples saved without a trailing channel axis of 1 ((N, L)
+    for an `L x 1` input, (N, H, W) for `H x W x 1`, (N, D, H, W) for `D x H x W x 1`)
+    get one, in `data` itself."""
     have, want = tuple(data.shape), tuple(int(s) for s in input_shape)
     name = data.name or data.source
+    if have != want and have + (1,) == want:
+        data.x_train, data.x_test = data.x_train[..., None], data.x_test[..., None]
+        have = tuple(data.shape)
     if have != want:
         what = "images" if len(have) > 1 else "examples"
         hint = f"change `input` to {_fmt(have)}"
+        if len(have) in (1, 2, 3) and have[-1] != 1:
+            hint = (f"change `input` to {_fmt(have + (1,))} (one channel), or to "
+                    f"{_fmt(have)} if the last axis holds channels")
         if len(have) == len(want) and have[:-1] == want[:-1]:
             message = (f"{name} images have {_plural(have[-1], 'channel')} ({_fmt(have)}) but "
                        f"the network's input has {want[-1]} ({_fmt(want)})")
@@ -642,3 +651,15 @@ def _fmt(shape) -> str:
 
 def _plural(n: int, word: str) -> str:
     return f"{n} {word}" + ("" if n == 1 else "s")
+
+
+def fingerprint(*arrays: np.ndarray) -> str:
+    """A short hash that changes when the data change: shapes, every label, and a sample of
+    at most 512 examples per array (hashing every pixel of a large set would cost a second
+    per run)."""
+    digest = hashlib.blake2b(digest_size=12)
+    for array in arrays:
+        digest.update(repr((array.shape, str(array.dtype))).encode())
+        step = 1 if array.ndim == 1 else max(1, len(array) // 512)  # labels: all of them
+        digest.update(np.ascontiguousarray(array[::step]).tobytes())
+    return digest.hexdigest()

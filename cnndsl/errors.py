@@ -44,6 +44,21 @@ class CnnDslError(Exception):
         self.span = span
         self.hint = hint
         self.notes = tuple(notes)
+        # set by `located()` once the text the error is in is known, so that str(e) in
+        # Python is the same report the CLI prints
+        self.source: str | None = None
+        self.filename: str | None = None
+
+    def located(self, source: str | None, filename: str) -> CnnDslError:
+        """Remember the text and file this error is in (the first call wins)."""
+        if self.filename is None:
+            self.source, self.filename = source, filename
+        return self
+
+    def __str__(self) -> str:
+        if self.filename is None:
+            return self.message
+        return self.format(self.source, self.filename)
 
     def with_note(self, note: str, span: Span | None) -> CnnDslError:
         self.notes = self.notes + ((note, span),)

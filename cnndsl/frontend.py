@@ -4,14 +4,24 @@ from __future__ import annotations
 
 import networkx as nx
 
-from cnndsl.errors import GraphError
+from cnndsl.errors import CnnDslError, GraphError
 from cnndsl.ir import build_ir
 from cnndsl.parser import parse
 from cnndsl.shapes import infer_shapes
 
 
-def check_text(text: str, bindings: dict | None = None) -> nx.DiGraph:
-    """Parse, expand and shape-check `.cnn` source; raises CnnDslError on a user error."""
+def check_text(text: str, bindings: dict | None = None,
+               filename: str = "<string>") -> nx.DiGraph:
+    """Parse, expand and shape-check `.cnn` source; raises CnnDslError on a user error,
+    whose str() is the located report (`filename:LINE:COL: error: ...`, the source line,
+    a caret, a hint) the CLI prints."""
+    try:
+        return _check(text, bindings)
+    except CnnDslError as error:
+        raise error.located(text, filename) from None
+
+
+def _check(text: str, bindings: dict | None) -> nx.DiGraph:
     try:
         return infer_shapes(build_ir(parse(text), bindings, text))
     except RecursionError:

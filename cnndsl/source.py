@@ -12,6 +12,14 @@ class FileError(CnnDslError):
 
 
 def read_source(path: str) -> str:
+    """The text of a .cnn file; FileError (whose str() names `path`) otherwise."""
+    try:
+        return _read(path)
+    except FileError as error:
+        raise error.located(None, str(path)) from None
+
+
+def _read(path: str) -> str:
     try:
         data = Path(path).read_bytes()
     except IsADirectoryError:

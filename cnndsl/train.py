@@ -36,11 +36,14 @@ class Progress:
     seconds: float = 0.0
     history: list = field(default_factory=list)
     test: dict | None = None
+    #: settings changed on resume (`--epochs`, or others with --allow-changes): one
+    #: {"epoch", "step", "setting", "from", "to"} each, written to the metrics JSON
+    changes: list = field(default_factory=list)
 
     def as_dict(self) -> dict:
         return {"epoch": self.epoch, "step": self.step, "loss_sum": self.loss_sum,
                 "correct": self.correct, "seen": self.seen, "seconds": self.seconds,
-                "history": self.history, "test": self.test}
+                "history": self.history, "test": self.test, "changes": self.changes}
 
 
 class Interrupted(Exception):
@@ -106,18 +109,29 @@ class Trainer:
                 "rng": self.model.ctx.rng.bit_generator.state}
         checkpoint.save(self.out, self.model, self.optimizer, meta)
 
-    def resume(self, path: str) -> None:
-        arrays, meta = checkpoint.load(path)
-        checkpoint.restore_model(self.model, arrays, path)
-        optim = {k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith("optim/")}
-        try:
-            self.optimizer.load_state_dict(optim)
-        except KeyError:
-            raise checkpoint.CheckpointError(
-                f"'{path}' was saved with another optimizer than {self.config.optimizer}",
-                hint="resume with the same --optimizer it was trained with") from None
+    def resume(self, path: str, arrays: dict | None = None, meta: dict | None = None,
+               changes: list | None = None, force: bool = False, warn=None) -> None:
+        """Continue the run saved at `path` (arrays and meta as `checkpoint.load` returns
+        them, read here when not given). `changes` lists the settings that differ from the
+        saved run and were allowed (`resume_changes`): recorded in the progress, and a new
+        optimizer starts with fresh state."""
+        if arrays is None or meta is None:
+            arrays, meta = checkpoint.load(path)
+        checkpoint.restore_model(self.model, arrays, meta, path, force, warn)
+        changes = changes or []
+        if not any(change["setting"] == "optimizer" for change in changes):
+            optim = {k.split("/", 1)[1]: v for k, v in arrays.items()
+                     if k.startswith("optim/")}
+            try:
+                self.optimizer.load_state_dict(optim)
+            except KeyError:
+                raise checkpoint.CheckpointError(
+                    f"'{path}' was saved with another optimizer than {self.config.optimizer}",
+                    hint="resume with the same --optimizer it was trained with") from None
         progress = meta.get("progress", {})
         self.state = Progress(**{k: progress[k] for k in Progress().as_dict() if k in progress})
+        self.state.changes = self.state.changes + [
+            {"epoch": self.state.epoch, "step": self.state.step, **change} for change in changes]
         self.model.ctx.rng.bit_generator.state = meta["rng"]
 
     # ---- the loop ------------------------------------------------------------------------
@@ -169,17 +183,18 @@ class Trainer:
         if bar is not None:
             bar.close()
         seconds = time.perf_counter() - started
-        val = evaluate(self.model, self.x_val, self.y_val)
         row = {"epoch": state.epoch + 1, "lr": self.optimizer.lr,
-               "loss": state.loss_sum / state.seen, "accuracy": state.correct / state.seen,
-               "val_loss": val["loss"], "val_accuracy": val["accuracy"],
-               "seconds": seconds, "images_per_s": state.seen / max(seconds, 1e-9)}
+               "loss": state.loss_sum / state.seen, "accuracy": state.correct / state.seen}
+        shown = f"loss {row['loss']:.4f}  acc {row['accuracy']:.4f}  "
+        if len(self.x_val):  # no validation split (--val 0): no figures, not NaN
+            val = evaluate(self.model, self.x_val, self.y_val)
+            row.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
+            shown += f"val_loss {row['val_loss']:.4f}  val_acc {row['val_accuracy']:.4f}  "
+        row.update(seconds=seconds, images_per_s=state.seen / max(seconds, 1e-9))
         state.history.append(row)
         state.test = None  # measured again once the last epoch is done
-        self.log(f"epoch {row['epoch']}/{config.epochs}  loss {row['loss']:.4f}  "
-                 f"acc {row['accuracy']:.4f}  val_loss {row['val_loss']:.4f}  "
-                 f"val_acc {row['val_accuracy']:.4f}  {row['images_per_s']:,.0f} img/s  "
-                 f"{seconds:.1f} s")
+        self.log(f"epoch {row['epoch']}/{config.epochs}  {shown}"
+                 f"{row['images_per_s']:,.0f} img/s  {seconds:.1f} s")
         state.epoch += 1
         state.step, state.loss_sum, state.correct, state.seen, state.seconds = 0, 0.0, 0, 0, 0.0
         self.save()
@@ -207,11 +222,14 @@ def write_metrics(out: str, state: Progress) -> None:
     paths = metrics_paths(out)
     if state.history:
         with open(paths["csv"], "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(state.history[0]))
+            columns = list(dict.fromkeys(k for row in state.history for k in row))
+            writer = csv.DictWriter(handle, fieldnames=columns)
             writer.writeheader()
             writer.writerows(state.history)
-    paths["json"].write_text(json.dumps({"epochs": state.history, "test": state.test},
-                                        indent=2))
+    document = {"epochs": state.history, "test": state.test}
+    if state.changes:
+        document["changes"] = state.changes
+    paths["json"].write_text(json.dumps(document, indent=2))
     plot_curves(state.history, paths["png"])
 
 
@@ -225,11 +243,14 @@ def plot_curves(history: list, path: Path) -> None:
 
     epochs = [row["epoch"] for row in history]
     figure, (left, right) = plt.subplots(1, 2, figsize=(9, 3.4))
+    validated = [r for r in history if "val_loss" in r]
     left.plot(epochs, [r["loss"] for r in history], "o-", label="train")
-    left.plot(epochs, [r["val_loss"] for r in history], "o-", label="validation")
-    left.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
     right.plot(epochs, [r["accuracy"] for r in history], "o-", label="train")
-    right.plot(epochs, [r["val_accuracy"] for r in history], "o-", label="validation")
+    if validated:
+        at = [r["epoch"] for r in validated]
+        left.plot(at, [r["val_loss"] for r in validated], "o-", label="validation")
+        right.plot(at, [r["val_accuracy"] for r in validated], "o-", label="validation")
+    left.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
     right.set(xlabel="epoch", ylabel="accuracy", title="accuracy")
     for axis in (left, right):
         axis.grid(alpha=0.3)

@@ -48,29 +48,35 @@ KINDS = {f.name: f.type for f in fields(TrainConfig)}
 
 def from_program(program: ast.Program, bindings: dict | None = None) -> TrainConfig:
     """The defaults overridden by the file's `train { ... }` block (if any)."""
+    config = TrainConfig()
+    for name, value in program_settings(program, bindings).items():
+        setattr(config, name, value)
+    return config
+
+
+def program_settings(program: ast.Program, bindings: dict | None = None) -> dict:
+    """The settings the file's `train { ... }` block gives (checked), by name."""
     blocks = [s for s in program.statements if isinstance(s, ast.TrainStmt)]
     if len(blocks) > 1:
         raise GraphError("a second 'train' block", blocks[1].span).with_note(
             "the first one is here", blocks[0].span)
-    config = TrainConfig()
     if not blocks:
-        return config
+        return {}
     env = Env(_let_values(program, bindings or {}))
-    seen: dict[str, object] = {}
+    settings: dict[str, object] = {}
     for setting in blocks[0].settings:
         if setting.name not in KINDS:
             raise CnnDslError(f"unknown training setting '{setting.name}'", setting.span,
                               hint=did_you_mean(setting.name, KINDS) or
                               f"settings: {', '.join(KINDS)}")
-        if setting.name in seen:
+        if setting.name in settings:
             raise CnnDslError(f"'{setting.name}' is set twice", setting.span)
-        seen[setting.name] = True
         value = _value(setting, env)
         try:
-            setattr(config, setting.name, convert(setting.name, value))
+            settings[setting.name] = convert(setting.name, value)
         except ValueError as error:
             raise CnnDslError(str(error), setting.value.span) from None
-    return config
+    return settings
 
 
 def convert(name: str, value):
@@ -78,8 +84,9 @@ def convert(name: str, value):
     kind = KINDS[name]
     if name in CHOICES:
         if value not in CHOICES[name]:
+            close = did_you_mean(str(value), CHOICES[name]) if isinstance(value, str) else None
             raise ValueError(f"{name} must be one of {', '.join(CHOICES[name])}, got "
-                             f"{show(value)}")
+                             f"{show(value)}" + (f"; {close}" if close else ""))
         return value
     if "bool" in kind:
         if not isinstance(value, bool):

@@ -223,8 +223,14 @@ def write_npz(path: Path, **arrays) -> Path:
 def test_npz_uint8_3d(tmp_path):
     x = np.random.default_rng(2).integers(0, 256, (8, 5, 4), dtype=np.uint8)
     d = load_dataset(write_npz(tmp_path / "set.npz", x_train=x))
-    assert d.x_train.shape == (8, 5, 4, 1) and d.x_train.dtype == np.float32
+    # kept as saved: (N, 5, 4) is 5x4 grayscale images or a 1-D signal of 4 channels,
+    # which only the network's input can tell
+    assert d.x_train.shape == (8, 5, 4) and d.x_train.dtype == np.float32
+    assert check_against(d, (5, 4, 1), (3,)) == []
+    assert d.x_train.shape == (8, 5, 4, 1) and d.x_test.shape[1:] == (5, 4, 1)
     np.testing.assert_array_equal(d.x_train[..., 0] * 255, x)
+    as_signal = load_dataset(tmp_path / "set.npz")
+    assert check_against(as_signal, (5, 4), (3,)) == [] and as_signal.shape == (5, 4)
     assert d.classes == ["class 0", "class 1", "class 2"] and d.name == "set.npz"
     assert d.y_train.dtype == np.int64 and d.notes == []
 

@@ -147,7 +147,7 @@ def test_checkpoint_round_trip(tmp_path):
     arrays, meta = checkpoint.load(str(path))
     assert meta["classes"] == ["a", "b", "c"] and meta["architecture"] == TINY
     other = Model(cnndsl.check_text(TINY), seed=4)
-    checkpoint.restore_model(other, arrays, str(path))
+    checkpoint.restore_model(other, arrays, meta, str(path))
     for name, array in model.parameters().items():
         assert np.array_equal(array, other.parameters()[name])
     assert not list(tmp_path.glob(".*.tmp"))  # the temporary file was renamed
@@ -173,10 +173,17 @@ def test_weights_of_another_network_are_refused(tmp_path):
     path = tmp_path / "w.npz"
     checkpoint.save(str(path), Model(cnndsl.check_text(TINY)))
     other = Model(cnndsl.check_text(TINY.replace("Conv(4, 3)", "Conv(5, 3)")))
-    arrays, _ = checkpoint.load(str(path))
+    arrays, meta = checkpoint.load(str(path))
+    with pytest.raises(checkpoint.CheckpointError,
+                       match="conv1 \\(Conv\\) has filters=4 in w.npz but filters=5 here"):
+        checkpoint.restore_model(other, arrays, meta, str(path))
+    # --force skips the graph comparison, but weights that do not fit are still refused
+    warnings = []
     with pytest.raises(checkpoint.CheckpointError, match="conv1.weight' is 4x1x3x3 there but "
                                                          "5x1x3x3 here"):
-        checkpoint.restore_model(other, arrays, str(path))
+        checkpoint.restore_model(other, arrays, meta, str(path), force=True,
+                                 warn=warnings.append)
+    assert len(warnings) == 1 and "filters=4 in w.npz but filters=5 here" in warnings[0]
 
 
 # ---- the command line -----------------------------------------------------------------------
@@ -222,7 +229,7 @@ def test_cli_flags_override_the_train_block(tmp_path, npz, capsys, monkeypatch):
     assert main(["train", str(net), "--data", str(npz), "--no-progress", "--epochs", "1",
                  "--optimizer", "adamw", "--lr", "0.005", "--batch", "32"]) == 0
     out = capsys.readouterr().out
-    assert "1 epochs, adamw lr 0.005, batch 32" in out
+    assert "1 epoch, adamw lr 0.005, batch 32" in out
     _, meta = checkpoint.load(str(tmp_path / "tiny.npz"))
     assert meta["config"]["optimizer"] == "adamw" and meta["config"]["batch"] == 32
 
