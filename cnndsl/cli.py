@@ -38,8 +38,9 @@ class HelpFormatter(argparse.HelpFormatter):
 
     def _get_help_string(self, action):
         text = action.help or ""
-        if "default" in text or action.default in (None, False, [], argparse.SUPPRESS) or \
-                not action.option_strings:
+        no_default = action.default is None or action.default is False or \
+            action.default == [] or action.default == argparse.SUPPRESS
+        if "default" in text or no_default or not action.option_strings:
             return text
         return f"{text} (default: %(default)s)"
 
@@ -407,11 +408,16 @@ def _resume_changes(meta: dict, config, run_data: dict, out: str, args) -> list[
     {"setting", "from", "to"}; raises a located refusal unless every one is allowed
     (`--epochs` upwards always, anything else with --allow-changes)."""
     from cnndsl.checkpoint import CheckpointError
+    from cnndsl.trainconfig import TrainConfig
 
-    saved_config = meta.get("config", {})
+    saved_config = {k: v for k, v in meta.get("config", {}).items()
+                    if k in TrainConfig.__dataclass_fields__}
     saved_data = meta.get("run_data") or {"data": meta.get("data")}
+    # the learning rate as used (a default lr depends on the optimizer)
+    saved_config["lr"] = TrainConfig(**saved_config).learning_rate
+    current = {**config.as_dict(), "lr": config.learning_rate}
     changes = []
-    for name, value in config.as_dict().items():
+    for name, value in current.items():
         if name in saved_config and saved_config[name] != value:
             changes.append({"setting": name, "from": saved_config[name], "to": value})
     for name in ("data", "limit"):

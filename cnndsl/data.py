@@ -10,7 +10,7 @@
 4. a folder of images, one folder per class: `DIR/train/<class>/*` and `DIR/test/<class>/*`,
    or `DIR/<class>/*` (a seeded sixth of each class is then held out as the test split).
 
-Images come back channels-last, `x: N×H×W×C` float32 in [0, 1] (a 2-D input as LANGUAGE.md §4
+Images come back channels-last, `x: N×H×W×C` float32 in [0, 1] (a 2-D input as docs/language.md
 declares it), labels `y: N` int64. A file that cannot be used raises `DataError` naming the
 file and what is wrong; no NumPy, gzip, zip or Pillow exception reaches the user.
 """
@@ -591,7 +591,10 @@ def check_against(data: Dataset, input_shape: tuple, output_shape: tuple) -> lis
     if have != want:
         what = "images" if len(have) > 1 else "examples"
         hint = f"change `input` to {_fmt(have)}"
-        if len(have) in (1, 2, 3) and have[-1] != 1:
+        if len(have) == 1 and have[0] != 1:
+            hint = (f"change `input` to {_fmt(have + (1,))} (a 1-D signal of one channel), "
+                    f"or to {_fmt(have)} (a flat vector)")
+        elif len(have) in (2, 3) and have[-1] != 1:
             hint = (f"change `input` to {_fmt(have + (1,))} (one channel), or to "
                     f"{_fmt(have)} if the last axis holds channels")
         if len(have) == len(want) and have[:-1] == want[:-1]:

@@ -166,7 +166,7 @@ class _Builder:
             raise UnknownOpError(
                 f"unknown layer '{call.name}'", call.name_span,
                 hint=did_you_mean(call.name, user_op_names() + list(self.defs))
-                or "see LANGUAGE.md §3 for the layers, or define a macro with 'def'")
+                or "see docs/language.md for the layers, or define a macro with 'def'")
         return op
 
     def _bind_lets(self) -> Env:

@@ -1,6 +1,6 @@
 """Text -> AST. Lark does the parsing (grammar/cnn.lark); this module only wires it up.
 
-- `NewlinePostLexer` decides where a statement ends (LANGUAGE.md §1).
+- `NewlinePostLexer` decides where a statement ends (docs/language.md).
 - `AstBuilder` (a Lark Transformer) turns the parse tree into `cnndsl.ast` dataclasses.
 - Lark's exceptions become `ParseError`s with a span and a readable message.
 """

@@ -1,4 +1,4 @@
-"""`cnndsl check` output: the layer table (torchinfo-like) and the JSON of LANGUAGE.md §6."""
+"""`cnndsl check` output: the layer table (torchinfo-like) and the JSON of docs/language.md."""
 
 from __future__ import annotations
 

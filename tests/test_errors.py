@@ -1,4 +1,4 @@
-"""Error reporting (LANGUAGE.md §5): every mistake in a .cnn file is reported as
+"""Error reporting (docs/language.md): every mistake in a .cnn file is reported as
 
     FILE:LINE:COL: error: MESSAGE
      L | the source line

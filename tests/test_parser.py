@@ -1,4 +1,4 @@
-"""The grammar: every spelling of LANGUAGE.md §1-2 parses to the same network."""
+"""The grammar: every spelling of docs/language.md-2 parses to the same network."""
 
 import pytest
 

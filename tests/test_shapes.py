@@ -1,4 +1,4 @@
-"""Shape rules of LANGUAGE.md §3: padding modes, strides, dilation, 1-D/2-D/3-D, and
+"""Shape rules of docs/language.md: padding modes, strides, dilation, 1-D/2-D/3-D, and
 parameter counts equal to PyTorch's (checked against torch itself when it is installed)."""
 
 import math

@@ -6,7 +6,7 @@ instead of branching on op names. An op class holds, as staticmethods taking its
 
 - `shape(p, *in_shapes) -> out_shape` (shapes in declared order: spatial..., channels;
   a flat tensor is `(features,)`); raises `ShapeMismatch`.
-- `param_shapes(p, in_shape) -> {name: shape}` in PyTorch's layouts (LANGUAGE.md §4),
+- `param_shapes(p, in_shape) -> {name: shape}` in PyTorch's layouts (docs/language.md),
   weight before bias; `buffer_shapes` likewise for non-trained state.
 - `macs(p, in_shape, out_shape) -> int` as torchinfo counts them (conv and FC layers).
 - `describe(p) -> str`: the arguments in short, for tables and diagrams.

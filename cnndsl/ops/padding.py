@@ -1,4 +1,4 @@
-"""Output sizes and padding per spatial axis (LANGUAGE.md §3, "Padding")."""
+"""Output sizes and padding per spatial axis (docs/language.md)."""
 
 from __future__ import annotations
 
