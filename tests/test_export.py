@@ -13,6 +13,7 @@ from conftest import EXAMPLES
 import cnndsl
 from cnndsl.errors import CnnDslError
 from cnndsl.export import ExportError
+from cnndsl.model import Model
 from cnndsl.ops import OPS, user_op_names
 
 # small networks: every layer kind, both branch forms, 1-D/2-D/3-D, asymmetric 'same'
@@ -51,6 +52,17 @@ SMALL = {
           -> FC(6) -> Tanh -> FC(4) -> Softmax"""),
     "python_names": ("6x6x2", ("forward: Conv(3, 3) -> x: ReLU -> { training: Identity | "
                               "F: Conv(2, 1) } -> output: Flatten")),
+    # Conv -> ReLU, which cnndsl's run plan fuses: plain, in a residual, in branches
+    "conv_relu": ("8x8x3", """
+        Conv(4, 3) -> ReLU -> { Identity + Conv(4, 3) -> ReLU -> Conv(4, 3) -> ReLU }
+          -> { Conv(3, 3, stride=2) -> ReLU | MaxPool(2) -> Conv(2, 1) -> ReLU }
+          -> BatchNorm -> DepthwiseConv(3) -> ReLU -> FC(5) -> Softmax"""),
+    "conv_relu_1d": ("24x2", ("Conv(4, 3, stride=2) -> ReLU -> { Identity + Conv(4, 3) -> "
+                             "ReLU } -> { Conv(2, 1) -> ReLU | AvgPool(3, 1, pad=1) } -> "
+                             "ConvT(3, 2, stride=2) -> ReLU -> FC(3) -> Softmax")),
+    "conv_relu_3d": ("6x7x8x2", ("Conv(4, 3, stride=2) -> ReLU -> { Identity + Conv(4, 3) "
+                                "-> ReLU } -> SeparableConv(3, 3) -> ReLU -> Conv(2, 1) -> "
+                                "ReLU")),
 }
 EXAMPLE_FILES = sorted(p.name for p in EXAMPLES.glob("*.cnn"))
 
@@ -101,6 +113,39 @@ def run_pytorch(path, x):
     net = module.load()
     with torch.no_grad():
         return net(torch.from_numpy(x)).numpy(), net
+
+
+def ends_in_softmax(model) -> bool:
+    return model.graph.nodes[model.output_name]["op"] == "Softmax"
+
+
+def cnndsl_logits(model, x):
+    """What cnndsl trains on (`model.loss_and_grads`): the input of a final Softmax, else
+    the output. Computed by a model of the same graph cut before that Softmax, with the
+    same parameters and buffers."""
+    if not ends_in_softmax(model):
+        return model.forward(x, train=False)
+    graph = model.graph.copy()
+    graph.remove_node(model.output_name)
+    graph.graph["output"] = model.logits_name
+    cut = Model(graph, dtype=model.dtype)
+    for kind in ("parameters", "buffers"):
+        for name, array in getattr(cut, kind)().items():
+            array[...] = getattr(model, kind)()[name]
+    return cut.forward(x, train=False)
+
+
+def assert_pytorch_matches(model, net, x):
+    """forward == cnndsl's logits; predict_proba (only with a final Softmax) == cnndsl's
+    forward."""
+    torch = pytest.importorskip("torch")
+    with torch.no_grad():
+        assert_matches(net(torch.from_numpy(x)).numpy(), cnndsl_logits(model, x))
+        if ends_in_softmax(model):
+            probabilities = net.predict_proba(torch.from_numpy(x)).numpy()
+            assert_matches(probabilities, model.forward(x, train=False))
+        else:
+            assert not hasattr(net, "predict_proba")
 
 
 def test_small_networks_cover_every_layer_kind():
@@ -164,6 +209,40 @@ def test_onnx_file_structure(tmp_path):
                                                          "conv1.bias"]
 
 
+@pytest.mark.parametrize("case", ["branches", "conv1d", "conv3d", "conv_relu", "localconv",
+                                  "softmax_spatial", "flatten_fc"])
+def test_onnx_intermediate_shapes(case, tmp_path):
+    """Every node output of the saved file has a value_info (or is the graph's output) with
+    every axis known, and each layer's tensor has cnndsl's shape, channels-first, after a
+    symbolic batch axis."""
+    onnx = pytest.importorskip("onnx")
+    from cnndsl.export import layers
+    from cnndsl.export.onnx import to_onnx
+
+    model = small_model(case)
+    to_onnx(model, tmp_path / "net.onnx")
+    onnx.checker.check_model(str(tmp_path / "net.onnx"), full_check=True)
+    graph = onnx.load(str(tmp_path / "net.onnx")).graph
+    shapes = {}
+    for value in [*graph.value_info, *graph.output]:
+        dims = value.type.tensor_type.shape.dim
+        shapes[value.name] = [d.dim_param if d.HasField("dim_param") else d.dim_value
+                              for d in dims if d.HasField("dim_param") or d.dim_value > 0]
+        assert len(shapes[value.name]) == len(dims), value  # no unknown axis
+        assert "batch" not in shapes[value.name][1:] and value.type.tensor_type.elem_type == 1
+    outputs = [name for node in graph.node for name in node.output]
+    assert [name for name in outputs if name not in shapes] == []
+    checked = 0
+    for layer in layers(model):
+        if layer.name not in outputs:  # a pass-through, or the renamed output layer
+            continue
+        channels_first = (layer.shape[-1], *layer.shape[:-1])
+        assert shapes[layer.name] == ["batch", *channels_first], layer.name
+        checked += 1
+    passing = {"Dropout", "Identity"}
+    assert checked >= sum(layer.op not in passing for layer in layers(model)) - 1
+
+
 def test_onnx_spatial_output_and_asymmetric_pads(tmp_path):
     onnx = pytest.importorskip("onnx")
     from cnndsl.export.onnx import to_onnx
@@ -200,8 +279,8 @@ def test_pytorch_small(case, tmp_path):
     to_pytorch(model, path)
     assert path.with_suffix(".pt").is_file()
     x = inputs(model, 3)
-    y, net = run_pytorch(path, x)
-    assert_matches(y, model.forward(x, train=False))
+    _, net = run_pytorch(path, x)
+    assert_pytorch_matches(model, net, x)
     # the saved state_dict is exactly the module's (strict load) and holds cnndsl's values
     saved = torch.load(path.with_suffix(".pt"), weights_only=True)
     assert set(saved) == set(net.state_dict())
@@ -216,8 +295,8 @@ def test_pytorch_examples(name, tmp_path):
     path = tmp_path / "net.py"
     to_pytorch(model, path)
     x = inputs(model, 1 if model.input_shape[0] >= 200 else 2)
-    y, net = run_pytorch(path, x)
-    assert_matches(y, model.forward(x, train=False))
+    _, net = run_pytorch(path, x)
+    assert_pytorch_matches(model, net, x)
     assert sum(p.numel() for p in net.parameters()) == model.num_params
 
 
@@ -233,6 +312,18 @@ def test_pytorch_source_is_readable(tmp_path):
     same_s2 = module_source(small_model("conv_same_stride2"))
     assert "self.conv1(F.pad(x, [0, 1, 0, 1]))" in same_s2
     assert "return x.movedim(1, -1)" in same_s2
+    assert "def predict_proba" not in same_s2
+    assert "forward(x) returns the network's output, (N, 4, 4, 4)" in same_s2
+    # ending in Softmax: forward returns the logits, predict_proba the probabilities
+    assert source.count("LOGITS, (N, 4)") == 1 and "nn.CrossEntropyLoss" in source
+    forward = source.split("def forward(self, x):")[1].split("def predict_proba")[0]
+    assert "self.softmax1" not in forward
+    assert "# logits (N, 4): the input of the final Softmax" in forward
+    assert "self.softmax1 = nn.Softmax(dim=-1)" in source
+    assert "return self.softmax1(self(x))" in source.split("def predict_proba(self, x):")[1]
+    # a layer named like the method does not hide it
+    clash = cnndsl.compile("input 4x4x2\npredict_proba: Conv(2, 1) -> FC(3) -> Softmax")
+    assert "self.predict_proba_2 = nn.Conv2d(2, 2, kernel_size=1)" in module_source(clash)
     names = module_source(small_model("python_names"))
     for attribute in ("forward_2", "x_2", "training_2", "F_2", "output"):
         assert f"self.{attribute} = " in names
@@ -265,7 +356,40 @@ def test_state_dict_round_trip_is_bit_for_bit(tmp_path):
         assert array.tobytes() == net.state_dict()[name].numpy().tobytes()
     x = inputs(source, 3, seed=4)
     with torch.no_grad():
-        assert_matches(target.forward(x), net(torch.from_numpy(x)).numpy())
+        assert_matches(target.forward(x), net.predict_proba(torch.from_numpy(x)).numpy())
+
+
+@pytest.mark.parametrize("case", ["branches", "conv_relu", "conv_relu_1d", "flatten_fc"])
+def test_pytorch_cross_entropy_trains_what_cnndsl_trains(case, tmp_path):
+    """The README's recipe: nn.CrossEntropyLoss on the module's forward. Its loss and
+    gradients equal cnndsl's `loss_and_grads` on the same batch and weights (training mode:
+    BatchNorm on batch statistics), before and after an SGD step taken in PyTorch and
+    brought back with load_pytorch_state. `flatten_fc` has no final Softmax: its output is
+    the logits in both."""
+    torch = pytest.importorskip("torch")
+    from cnndsl.export.pytorch import load_pytorch_state, to_pytorch
+
+    model = small_model(case)
+    to_pytorch(model, tmp_path / "net.py")
+    _, net = run_pytorch(tmp_path / "net.py", inputs(model, 1))
+    net.train()
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.5)
+    criterion = torch.nn.CrossEntropyLoss()
+    classes = model.output_shape[0]
+    for step in range(2):
+        x = inputs(model, 6, seed=10 + step)
+        labels = np.random.default_rng(step).integers(0, classes, 6)
+        optimizer.zero_grad()
+        logits = net(torch.from_numpy(x))
+        loss = criterion(logits, torch.from_numpy(labels))
+        loss.backward()
+        expected, probabilities, grads = model.loss_and_grads(x, labels, train=True)
+        assert_matches(np.array(loss.item()), np.array(expected))
+        assert_matches(torch.softmax(logits.detach(), 1).numpy(), probabilities)
+        for name, parameter in net.named_parameters():
+            assert_matches(parameter.grad.numpy(), grads[name])
+        optimizer.step()
+        load_pytorch_state(model, net.state_dict())  # the weights after PyTorch's step
 
 
 def test_load_pytorch_state_checks_names_and_shapes():

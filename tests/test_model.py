@@ -247,9 +247,52 @@ def relative_error(a, b):
     return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-12))
 
 
+# Conv -> ReLU is fused in the run plan (the Conv computes the ReLU, the ReLU layer passes
+# its input through): networks with that pattern in every place it can occur (1-D, 2-D,
+# 3-D, residuals, branches, before the logits, at the output), next to patterns that are
+# not fused (a Conv read twice, a ReLU after a DepthwiseConv, SeparableConv or ConvT)
+FUSED_TORCH = {
+    "fused_2d": """
+input 9x9x3
+Conv(4, 3) -> ReLU
+  -> { Identity + Conv(4, 3) -> ReLU -> Conv(4, 3, bias=false) -> ReLU }
+  -> { Conv(3, 3, stride=2) -> ReLU | MaxPool(3, 2, pad=1) -> Conv(2, 1) -> ReLU
+     | Conv(2, 2, stride=2) -> Tanh }
+  -> BatchNorm -> Conv(6, 3, dilation=2) -> ReLU -> Conv(6, 3, groups=3) -> ReLU
+  -> Conv(5, 3) -> { ReLU | Identity } -> DepthwiseConv(3) -> ReLU -> SeparableConv(4, 3)
+  -> ReLU -> ConvT(3, 3, stride=2) -> ReLU -> FC(4) -> Softmax
+""",
+    "fused_1d": """
+input 20x3
+Conv(4, 3, stride=2) -> ReLU -> { Identity + Conv(4, 3) -> ReLU }
+  -> { Conv(2, 1) -> ReLU | DepthwiseConv(3) -> ReLU | SeparableConv(3, 3) -> ReLU }
+  -> ConvT(3, 2, stride=2) -> ReLU -> Conv(3, 3, pad=valid) -> ReLU -> GlobalAvgPool -> FC(3)
+""",
+    "fused_3d": """
+input 6x7x8x2
+Conv(4, 3, stride=2) -> ReLU -> { Identity + Conv(4, 3) -> ReLU }
+  -> { Conv(2, 1) -> ReLU | MaxPool(3, 1, pad=1) }
+  -> ConvT(3, 2, stride=2) -> ReLU -> SeparableConv(3, 3) -> ReLU -> GlobalMaxPool -> FC(3)
+""",
+    "fused_logits": "input 6x6x2\nConv(4, 3) -> ReLU -> Conv(3, 1) -> ReLU -> Softmax",
+    "fused_output": "input 6x6x2\nConv(4, 3, stride=2) -> ReLU",
+    "fashion_small": (EXAMPLES / "fashion_small.cnn").read_text(),
+}
+TORCH_NETWORKS = {"branchy": BRANCHY,
+                  "mnist_pytorch": (EXAMPLES / "mnist_pytorch.cnn").read_text(),
+                  **FUSED_TORCH}
+
+
+@pytest.mark.parametrize("name", sorted(FUSED_TORCH))
+def test_torch_networks_have_fused_activations(name):
+    """Each FUSED_TORCH network has a Conv -> ReLU folded, so the comparisons below
+    exercise the fusion (they would not, were the plan to change)."""
+    model = model_of(FUSED_TORCH[name], dtype=np.float32)
+    assert any(op.name == "FusedActivation" for _, op, *_ in model.layers)
+
+
 @pytest.mark.parametrize("train", [True, False])
-@pytest.mark.parametrize("text", [BRANCHY, (EXAMPLES / "mnist_pytorch.cnn").read_text()],
-                         ids=["branchy", "mnist_pytorch"])
+@pytest.mark.parametrize("text", list(TORCH_NETWORKS.values()), ids=list(TORCH_NETWORKS))
 def test_forward_and_gradients_match_pytorch(text, train):
     torch = pytest.importorskip("torch")
     from torch_reference import to_numpy_channels_last, torch_forward
@@ -277,13 +320,16 @@ def _to_torch_layout(r):
     return np.ascontiguousarray(np.moveaxis(r, -1, 1)) if r.ndim > 2 else r
 
 
-def test_loss_matches_pytorch_cross_entropy():
+@pytest.mark.parametrize("text", [(EXAMPLES / "lenet5.cnn").read_text(),
+                                  FUSED_TORCH["fashion_small"], FUSED_TORCH["fused_2d"]],
+                         ids=["lenet5", "fashion_small", "fused_2d"])
+def test_loss_matches_pytorch_cross_entropy(text):
     torch = pytest.importorskip("torch")
     from torch_reference import torch_forward
 
-    model = model_of((EXAMPLES / "lenet5.cnn").read_text(), dtype=np.float32, seed=4)
-    x = np.random.default_rng(9).normal(size=(5, 32, 32, 1)).astype(np.float32)
-    labels = np.array([0, 3, 9, 3, 1])
+    model = model_of(text, dtype=np.float32, seed=4)
+    x = np.random.default_rng(9).normal(size=(5, *model.input_shape)).astype(np.float32)
+    labels = np.array([0, 3, 9, 3, 1]) % model.output_shape[0]
     loss, probs, grads = model.loss_and_grads(x, labels)
     model_eval_logits, _, leaves = torch_forward(model, x, train=True)
     # torch_forward ends in Softmax: take the logits node's value instead

@@ -1,9 +1,15 @@
 """Run a cnndsl IR graph with PyTorch (torch.nn.functional), for cross-checks in tests.
 
-`torch_forward(graph, params, buffers, x, train)` interprets the graph node by node with
-torch ops on NCHW tensors, using cnndsl's parameters unchanged (they are in PyTorch's
-layouts, LANGUAGE.md §4). Asymmetric 'same' padding is applied with F.pad first.
+`torch_forward(model, x, train)` interprets the model's IR graph node by node with torch
+ops on NCHW tensors, using cnndsl's parameters unchanged (they are in PyTorch's layouts,
+LANGUAGE.md §4). Asymmetric 'same' padding is applied with F.pad first.
 Dropout is the identity here: compare networks with dropout in eval mode.
+
+It walks the graph as written, not the model's run plan (`model.layers`): the plan folds
+an activation into the layer before it (a Conv computes the ReLU after it, and the ReLU
+becomes a pass-through `FusedActivation`), and a reference that followed the plan would
+repeat any mistake in it. Here every ReLU is its own F.relu, so a fused network is checked
+against the unfused computation it must equal.
 """
 
 from __future__ import annotations
@@ -144,12 +150,15 @@ def torch_forward(model, x, train=False):
                for name, array in model.buffers().items()}
     x_t = nchw(x).requires_grad_(True)
     values = {model.input_name: x_t}
-    for name, op, params, geometry, _local, inputs in model.layers:
+    for name, node in graph.nodes(data=True):  # topological: the order the model runs
+        if node["op"] == "Input":
+            continue
+        op, params, inputs = OPS[node["op"]], node["params"], node["inputs"]
+        in_shapes = [graph.nodes[i]["shape"] for i in inputs]
         local = {k.split(".", 1)[1]: v for k, v in {**leaves, **buffers}.items()
                  if k.split(".", 1)[0] == name}
-        rank = len(graph.nodes[inputs[0]]["shape"]) - 1
-        values[name] = run_node(op.name, params, geometry, local, [values[i] for i in inputs],
-                                rank, train)
+        values[name] = run_node(op.name, params, op.geometry(params, in_shapes), local,
+                                [values[i] for i in inputs], len(in_shapes[0]) - 1, train)
     out = values[model.output_name]
     return out, x_t, leaves
 

@@ -5,6 +5,9 @@ NC(D)HW once, runs every layer in ONNX's channels-first layout, and transposes a
 result back before "output" (batch, *output). The batch axis is dynamic. Parameters and
 BatchNorm statistics are initializers under cnndsl's names (`conv1.weight`,
 `batchnorm1.running_mean`); weights need no conversion (cnndsl uses ONNX's layouts).
+Every intermediate tensor has a value_info with its full shape (channels-first inside, the
+batch axis named "batch"), from ONNX's own shape inference in strict mode, so viewers such
+as Netron show the shapes.
 
 Layer -> ONNX (x is NC* inside the graph):
     Conv, DepthwiseConv      Conv (pads = before + after, so 'same' may be asymmetric)
@@ -57,7 +60,8 @@ def to_onnx(model, path, opset: int = 17) -> None:
 
 
 def build_onnx(model, opset: int = 17):
-    """The onnx.ModelProto of `model` (not yet checked)."""
+    """The onnx.ModelProto of `model`, shapes inferred (strict: an operator ONNX cannot
+    infer raises), not yet checked."""
     onnx = _import_onnx()
     from onnx import helper
 
@@ -93,7 +97,7 @@ def build_onnx(model, opset: int = 17):
                               f"{', '.join(map(str, model.input_shape))}) channels-last")
     proto.ir_version = helper.find_min_ir_version_for(opsets)
     helper.set_model_props(proto, {"layout": "channels-last (N, *input), as cnndsl"})
-    return proto
+    return onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True)
 
 
 class _Builder:

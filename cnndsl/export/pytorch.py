@@ -7,6 +7,12 @@ channels-last arrays (N, *input) and permutes to channels-first inside. Its stat
 are cnndsl's parameter and buffer names (`conv1.weight`, `batchnorm1.running_mean`), with
 a layer name that is not a Python identifier made into one.
 
+What `forward` returns: for a network that ends in Softmax, the logits (the final
+Softmax's input), which is what `nn.CrossEntropyLoss` expects and what cnndsl's own loss
+is computed from; `predict_proba(x)` applies that Softmax (over the class axis, the last)
+and returns what cnndsl's `model.forward` returns. Any other network: its output, as
+`model.forward`, and no `predict_proba`.
+
 `load_pytorch_state(model, state_dict)` copies such a state_dict (say, after training in
 PyTorch) into a cnndsl model, checking every name and shape first.
 """
@@ -20,7 +26,7 @@ from cnndsl.export import ExportError, Layer, consumers, layers, python_name
 
 #: names the generated code uses itself (never a layer's attribute or variable)
 _RESERVED = {"x", "x0", "self", "torch", "nn", "F", "math", "Path", "load",
-             "SeparableConv", "LocalConv"}
+             "SeparableConv", "LocalConv", "predict_proba"}
 
 
 def to_pytorch(model, path) -> None:
@@ -102,6 +108,7 @@ def module_source(model, weights_file: str = "weights.pt") -> str:
     names = attribute_names(model)
     readers = consumers(model)
     all_layers = layers(model)
+    final = _final_softmax(all_layers, model.output_name)
     order = [model.input_name] + [layer.name for layer in all_layers]
     variables = {}
     for i, node in enumerate(order):
@@ -120,29 +127,50 @@ def module_source(model, weights_file: str = "weights.pt") -> str:
     elif variables[model.input_name] != "x":
         forward_lines.append("x0 = x")
     for layer in all_layers:
-        module, expression = _EMIT[layer.op](layer, [variables[i] for i in layer.inputs])
         attribute = names[layer.name]
+        if layer is final:  # not in forward: predict_proba applies it, on channels-last
+            init_lines.append(f"self.{attribute} = nn.Softmax(dim=-1)"
+                              "  # the final Softmax: predict_proba only")
+            continue
+        module, expression = _EMIT[layer.op](layer, [variables[i] for i in layer.inputs])
         if module is not None:
             init_lines.append(f"self.{attribute} = {module}")
             helpers.update(h for h in ("SeparableConv", "LocalConv") if module.startswith(h))
         forward_lines.append(f"{variables[layer.name]} = "
                              + expression.replace("SELF", f"self.{attribute}"))
     out_rank = len(model.output_shape) - 1
-    ret = "x.movedim(1, -1)  # back to channels-last" if out_rank else "x"
+    result = variables[final.inputs[0] if final else model.output_name]
+    if final:
+        forward_lines.append(f"# logits (N, {_shape(model.output_shape)}): the input of the "
+                             "final Softmax, for nn.CrossEntropyLoss;")
+        forward_lines.append("# predict_proba(x) returns the probabilities")
+    ret = f"{result}.movedim(1, -1)  # back to channels-last" if out_rank else result
     forward_lines.append(f"return {ret}")
-    shape_in = ", ".join(map(str, model.input_shape))
-    shape_out = ", ".join(map(str, model.output_shape))
-    parts = [_HEADER.format(name=model.name, shape_in=shape_in, shape_out=shape_out,
+    shape_in, shape_out = _shape(model.input_shape), _shape(model.output_shape)
+    returns = (_RETURNS_LOGITS if final else _RETURNS_OUTPUT).format(shape_out=shape_out)
+    parts = [_HEADER.format(name=model.name, shape_in=shape_in, returns=returns,
                             weights=weights_file, cls=class_name,
                             math="\nimport math" if helpers else "")]
     parts += [_HELPERS[h] for h in ("SeparableConv", "LocalConv") if h in helpers]
+    proba = _PROBA.format(shape_out=shape_out, softmax=names[final.name]) if final else ""
     parts.append(_CLASS.format(
         cls=class_name, name=model.name, shape_in=shape_in, shape_out=shape_out,
-        input_shape=tuple(model.input_shape), output_shape=tuple(model.output_shape),
+        what="logits" if final else "y", input_shape=tuple(model.input_shape),
+        output_shape=tuple(model.output_shape),
         init="\n".join("        " + line for line in init_lines) or "        pass",
-        forward="\n".join("        " + line for line in forward_lines)))
+        forward="\n".join("        " + line for line in forward_lines)) + proba)
     parts.append(_LOADER.format(cls=class_name, weights=weights_file))
     return "\n\n\n".join(parts)
+
+
+def _final_softmax(all_layers: list[Layer], output_name: str) -> Layer | None:
+    """The output layer if it is a Softmax (forward then stops at its input, the logits)."""
+    last = next(layer for layer in all_layers if layer.name == output_name)
+    return last if last.op == "Softmax" else None
+
+
+def _shape(shape) -> str:
+    return ", ".join(map(str, shape))
 
 
 def _axes(rank: int) -> str:
@@ -324,8 +352,10 @@ _EMIT = {
 
 _HEADER = '''"""{name}, exported by cnndsl as a PyTorch module.
 
-Input (N, {shape_in}) and output (N, {shape_out}) are channels-last, as cnndsl declares them;
-forward() permutes to channels-first and back. Weights: {weights} next to this file
+{returns}
+
+Input (N, {shape_in}) and output are channels-last, as cnndsl declares them; forward()
+permutes to channels-first and back. Weights: {weights} next to this file
 (a state_dict): `model = load()` builds {cls} with them, in eval mode.
 Asymmetric padding ('same' with a stride or an even kernel) is an F.pad before the layer
 (F.pad lists the last axis first).
@@ -383,8 +413,26 @@ _HELPERS = {
         return y if self.bias is None else y + self.bias''',
 }
 
+_RETURNS_LOGITS = """\
+forward(x) returns LOGITS, (N, {shape_out}): the network ends in Softmax and forward
+stops before it, so its result is what nn.CrossEntropyLoss expects (cnndsl's training takes
+its loss from the same logits). predict_proba(x) returns the probabilities, (N, {shape_out}):
+that Softmax over the last axis (the classes), i.e. what cnndsl's model.forward(x) returns."""
+
+_RETURNS_OUTPUT = """\
+forward(x) returns the network's output, (N, {shape_out}): what cnndsl's
+model.forward(x) returns. The network does not end in Softmax (cnndsl's training treats this
+output as logits, as nn.CrossEntropyLoss does), so there is no predict_proba."""
+
+_PROBA = '''
+
+    def predict_proba(self, x):
+        """Probabilities (N, {shape_out}): the final Softmax, over the last axis (the
+        classes), of forward(x)'s logits; what cnndsl's model.forward(x) returns."""
+        return self.{softmax}(self(x))'''
+
 _CLASS = '''class {cls}(nn.Module):
-    """{name}: x (N, {shape_in}) -> (N, {shape_out}), channels-last in and out."""
+    """{name}: x (N, {shape_in}) -> {what} (N, {shape_out}), channels-last in and out."""
 
     input_shape = {input_shape}
     output_shape = {output_shape}
