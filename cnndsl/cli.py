@@ -350,6 +350,7 @@ def run_train(args, context: dict) -> int:
           f"{data.dataset.source}{limited}: {len(x_tr):,} images{held_out}, "
           f"{config.epochs} epoch{'s' if config.epochs != 1 else ''}, {config.optimizer} lr {config.learning_rate:g}, "
           f"batch {config.batch}, seed {config.seed}", flush=True)
+    _compile_kernels(model, config.batch, train=True, bar=not args.no_progress)
     try:
         state = trainer.run()
     except Interrupted:
@@ -463,6 +464,39 @@ def _show_setting(value) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
+def _compile_kernels(model, batch: int, train: bool, bar: bool = True) -> None:
+    """Compile (or load from Numba's cache) the kernels `model` needs before its first
+    batch, saying so when that takes seconds: on a machine's first run, not in silence
+    behind a progress bar stuck at 0%."""
+    import time
+
+    from cnndsl.warmup import prepare
+
+    state = {}
+
+    def report(done: int, total: int, name: str | None) -> None:
+        if done == 0:
+            state["start"] = time.perf_counter()
+            print(f"compiling {total} kernels for this machine (first run only; cached "
+                  "for the next runs) ...", file=sys.stderr, flush=True)
+            if bar and sys.stderr.isatty():
+                from tqdm import tqdm
+
+                state["bar"] = tqdm(total=total, unit="kernel", leave=False,
+                                    dynamic_ncols=True)
+            return
+        if "bar" in state:
+            state["bar"].update(1)
+            state["bar"].set_postfix_str(name)
+        if done == total:
+            if "bar" in state:
+                state["bar"].close()
+            print(f"compiled {total} kernels in {time.perf_counter() - state['start']:.1f} s",
+                  file=sys.stderr, flush=True)
+
+    prepare(model, batch, report=report, train=train)
+
+
 def _warn(message: str) -> None:
     print(f"cnndsl: warning: {message}", file=sys.stderr)
 
@@ -501,6 +535,7 @@ def run_eval(args, context: dict) -> int:
     model, meta = _trained_model(args, args.weights)
     data = load_dataset(args.data or meta.get("data") or "fashion-mnist")
     check_against(data, model.input_shape, model.output_shape)
+    _compile_kernels(model, 500, train=False)
     probs = np.concatenate([predict_proba(model, data.x_test[i:i + 500])
                             for i in range(0, len(data.x_test), 500)])
     predicted = probs.argmax(axis=1)
@@ -523,6 +558,7 @@ def run_predict(args, context: dict) -> int:
     images, notes = load_images(args.images, model.input_shape)
     for note in notes:
         print(f"cnndsl: note: {note}", file=sys.stderr)
+    _compile_kernels(model, len(images), train=False)
     probs = predict_proba(model, images)
     classes = meta.get("classes") or [str(i) for i in range(probs.shape[1])]
     for path, row in zip(args.images, probs):
@@ -557,6 +593,9 @@ def run_export(args, context: dict) -> int:
 
             to_pytorch(model, out)
             print(f"wrote {out} and {Path(out).with_suffix('.pt')}")
+            if model.logits_name != model.output_name:
+                print("note: its forward() returns the logits (for nn.CrossEntropyLoss); "
+                      "predict_proba() returns the probabilities", file=sys.stderr)
     except ImportError as error:
         package = "onnx" if args.to == "onnx" else "torch==2.13.0"
         print(f"cnndsl: error: exporting to {args.to} needs the '{error.name}' package\n"

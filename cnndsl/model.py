@@ -1,4 +1,4 @@
-"""A checked graph as a runnable, differentiable model (LANGUAGE.md §7).
+"""A checked graph as a runnable, differentiable model (docs/language.md).
 
 Arrays are channels-last as declared: x is (N, *input). `_Runner` does the work (forward
 and reverse-mode backward over the layers); `Model` owns the parameters and, when it is
@@ -8,6 +8,7 @@ gradients up.
 
 from __future__ import annotations
 
+import copy
 import ctypes
 import ctypes.util
 import os
@@ -141,6 +142,20 @@ class Model:
             layers[j] = (*producer[:3], {**producer[3], "activation": kind}, *producer[4:])
             layers[i] = (name, _FusedInto, params, geometry, local, inputs)
 
+    def sandbox(self) -> Model:
+        """A model that runs like this one and shares its parameter arrays (which no step
+        writes) but nothing a step does write: its own buffers, runners, random state and
+        saved activations. For a run that must leave this model as it was (cnndsl.warmup
+        traces a step on one)."""
+        twin = copy.copy(self)
+        twin._buffers = {name: array.copy() for name, array in self._buffers.items()}
+        twin._arrays = {layer: {local: twin._buffers.get(f"{layer}.{local}", array)
+                                for local, array in arrays.items()}
+                        for layer, arrays in self._arrays.items()}
+        twin._runners = [_Runner(twin, np.random.default_rng(0))]
+        twin._last_shards = twin._eval_input = None
+        return twin
+
     # ---- parameters -------------------------------------------------------------
     @property
     def num_params(self) -> int:
@@ -220,25 +235,32 @@ class Model:
         of it, one per thread, when that is faster (not a small network, see
         cnndsl.parallel.SMALL_NET_MACS). Cutting changes nothing but rounding: layers that
         need the whole batch (BatchNorm's statistics, Dropout's masks) share sums and draws
-        through the runners' `ctx.shard` (cnndsl.parallel.ShardGroup)."""
-        count = 1
-        if self.data_parallel and self.backend == "numba" and not self._small:
-            count = shard_count(n)
+        through the runners' `ctx.shard` (cnndsl.parallel.ShardGroup). A model that cuts
+        its batches cuts a batch too small to cut into one shard: every step of it then runs
+        the same code and kernels (compiled once, cnndsl.warmup)."""
+        cuts = self._cuts()
+        count = shard_count(n) if cuts else 1
         while len(self._runners) < count:
             self._runners.append(_Runner(self, np.random.default_rng(len(self._runners))))
         bounds = shard_bounds(n, count)
-        if count == 1:
+        if not cuts:
             self._runners[0].ctx.shard = None
         else:
             for runner, shard in zip(self._runners, ShardGroup(bounds, self.ctx.rng).shards()):
                 runner.ctx.shard = shard
         return [(runner, start, end) for runner, (start, end) in zip(self._runners, bounds)]
 
+    def _cuts(self) -> bool:
+        """Whether batches are cut into shards (see `_shards`), each run on one Numba thread
+        (by the serial kernels, cnndsl.kernels.jit)."""
+        return self.data_parallel and self.backend == "numba" and not self._small
+
     def _run_shards(self, shards: list, work) -> list:
         """work(runner, start, end) for every shard, in parallel (cnndsl.parallel)."""
         first = shards[0][0].ctx.shard  # None when the batch is whole
         return run_sharded([partial(work, *shard) for shard in shards], self._small,
-                           on_error=None if first is None else first.group.abort)
+                           on_error=None if first is None else first.group.abort,
+                           one_numba_thread=self._cuts())
 
     def _summed(self, shard_grads: list[dict]) -> dict[str, np.ndarray]:
         """Parameter gradients in `parameters()` order, summed over shards in shard order

@@ -17,9 +17,11 @@ step computes what a whole one does, up to rounding.
 
 from __future__ import annotations
 
+import contextvars
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, wait
+from contextlib import ExitStack
 
 #: a shard smaller than this is not worth a thread hand-off
 MIN_SHARD = 8
@@ -51,18 +53,14 @@ def thread_count() -> int:
 
 def _threadsafe_layer() -> bool:
     """OpenMP and TBB may run parallel kernels from several threads at once, Numba's own
-    'workqueue' layer may not. Which layer runs is known once a parallel kernel has run, so
-    one runs first if none has (every step of a process is then cut the same way)."""
+    'workqueue' layer may not. Which layer runs is known once the layer has started, so it
+    is started first if it has not (every step of a process is then cut the same way)."""
     import numba
 
     try:
         return numba.threading_layer() != "workqueue"
-    except ValueError:  # no parallel kernel has run yet
-        import numpy as np
-
-        from cnndsl.kernels.elementwise import relu_forward
-
-        relu_forward(np.zeros(2, np.float32))  # any parallel kernel starts the layer
+    except ValueError:  # not started yet
+        numba.get_num_threads()  # starts it (and compiles nothing, unlike running a kernel)
         return numba.threading_layer() != "workqueue"
 
 
@@ -154,18 +152,26 @@ class Shard:
 
 
 def run_sharded(tasks: list[Callable[[], object]], one_blas_thread: bool = False,
-                on_error: Callable[[], None] | None = None) -> list:
+                on_error: Callable[[], None] | None = None,
+                one_numba_thread: bool = False) -> list:
     """Run each task (no arguments): the first on this thread, the others on worker threads,
     all with one Numba thread and one BLAS thread. Returns the results in task order; if a
     task raises, `on_error` is called (to release the tasks waiting for it) and the first
     exception that is not a BrokenBarrierError propagates once every task has ended. A
-    single task runs as it is, with one BLAS thread if `one_blas_thread`."""
+    single task runs as it is, with one BLAS thread if `one_blas_thread` and one Numba
+    thread if `one_numba_thread` (a model that cuts its batches: a batch too small to cut
+    then runs the same serial kernels as the shards, see cnndsl.kernels.jit, and never
+    makes a first run compile a second set)."""
     import numba
 
     if len(tasks) == 1:
-        if not one_blas_thread:
-            return [tasks[0]()]
-        with _blas_controller().limit(limits=1):
+        with ExitStack() as stack:
+            if one_numba_thread:
+                previous = numba.get_num_threads()
+                numba.set_num_threads(1)
+                stack.callback(numba.set_num_threads, previous)
+            if one_blas_thread:
+                stack.enter_context(_blas_controller().limit(limits=1))
             return [tasks[0]()]
 
     def guarded(task):
@@ -178,7 +184,10 @@ def run_sharded(tasks: list[Callable[[], object]], one_blas_thread: bool = False
 
     pool = _workers(len(tasks) - 1)
     with _blas_controller().limit(limits=1):
-        futures = [pool.submit(guarded, task) for task in tasks[1:]]
+        # each worker runs in a copy of this thread's context (context variables: NumPy's
+        # error state, cnndsl.kernels.jit's tracer), as the first task does here
+        futures = [pool.submit(contextvars.copy_context().run, guarded, task)
+                   for task in tasks[1:]]
         previous = numba.get_num_threads()
         numba.set_num_threads(1)
         first_error = None

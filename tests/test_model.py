@@ -1,4 +1,4 @@
-"""The compiled model (LANGUAGE.md §7): API, initialisation, and reverse-mode autodiff
+"""The compiled model (docs/language.md): API, initialisation, and reverse-mode autodiff
 checked by float64 central differences and against PyTorch on multi-branch networks."""
 
 import numpy as np

@@ -267,7 +267,7 @@ def test_no_cut_when_the_threading_layer_is_not_threadsafe(monkeypatch):
 
     calls = []
 
-    def not_yet():  # as numba before any parallel kernel has run: one is run, then asked again
+    def not_yet():  # as numba before its threading layer started: it starts, then asked again
         calls.append(1)
         if len(calls) == 1:
             raise ValueError("Threading layer is not initialized.")

@@ -2,7 +2,7 @@
 
 `torch_forward(model, x, train)` interprets the model's IR graph node by node with torch
 ops on NCHW tensors, using cnndsl's parameters unchanged (they are in PyTorch's layouts,
-LANGUAGE.md §4). Asymmetric 'same' padding is applied with F.pad first.
+docs/language.md). Asymmetric 'same' padding is applied with F.pad first.
 Dropout is the identity here: compare networks with dropout in eval mode.
 
 It walks the graph as written, not the model's run plan (`model.layers`): the plan folds

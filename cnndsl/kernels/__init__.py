@@ -8,14 +8,18 @@ Conventions shared by every kernel module:
 - Sizes are passed as plain ints per axis in (D, H, W) order: `kd, kh, kw`, `sd, sh, sw`
   (stride), `dd, dh, dw` (dilation), `pd0, ph0, pw0` (zeros before), `pd1, ph1, pw1`
   (zeros after). 1-D and 2-D callers pass 1 / 0 for the missing leading axes.
-- Weights keep PyTorch's layouts (LANGUAGE.md §4), 5-D for kernels: conv weight
+- Weights keep PyTorch's layouts (docs/language.md), 5-D for kernels: conv weight
   `F×(C/groups)×KD×KH×KW`; a kernel may re-layout them internally.
-- Kernels are dtype-generic (float32 in training, float64 in gradient checks).
-- `cnndsl/kernels/<name>.py` holds `@njit(parallel=True, cache=True, nogil=True)` kernels
-  (nogil: the model runs shards of a batch on several Python threads at once) plus thin
-  Python wrappers with the signatures the ops call; `cnndsl/kernels/reference/<name>.py`
-  holds plain NumPy functions with the SAME wrapper signatures and results, written to be
-  obviously correct rather than fast. Tests compare the two.
+- Kernels are dtype-generic (float32 in training, float64 in gradient checks). Wrappers pass
+  them C-contiguous arrays, Python ints, floats and bools only, so that each kernel compiles
+  once per dtype.
+- `cnndsl/kernels/<name>.py` holds `@kernel` functions (cnndsl.kernels.jit: `prange` loops,
+  compiled on first use as a parallel and a serial variant, `cache=True, nogil=True`; nogil:
+  the model runs shards of a batch on several Python threads at once) that write their
+  results into arrays they are given and return nothing, plus thin Python wrappers with the
+  signatures the ops call; `cnndsl/kernels/reference/<name>.py` holds plain NumPy functions
+  with the SAME wrapper signatures and results, written to be obviously correct rather than
+  fast. Tests compare the two.
 """
 
 from __future__ import annotations

@@ -45,8 +45,9 @@ import threading
 
 import numba
 import numpy as np
-from numba import njit, prange
+from numba import prange
 
+from cnndsl.kernels.jit import helper, kernel
 from cnndsl.parallel import pin_kernel_blas
 
 _per_thread = threading.local()  # .scratch: (slot, dtype) -> reusable flat array
@@ -91,7 +92,7 @@ def conv_output(sizes, kernel, stride, dilation, pad_before, pad_after) -> tuple
 U = np.uint64  # an index type without the negative-index wraparound test
 
 
-@njit(cache=True, nogil=True)
+@helper
 def _span(offset, step, n_in, n_out):
     """The outputs o in [lo, hi) whose input index o·step + offset lies in [0, n_in)."""
     lo = max(0, (step - 1 - offset) // step)
@@ -99,7 +100,7 @@ def _span(offset, step, n_in, n_out):
     return lo, hi
 
 
-@njit(cache=True, nogil=True, inline="always")  # (a call, not inlined, was 2x slower)
+@helper(inline="always")  # (a call, not inlined, was 2x slower)
 def _im2col_rows(x, cols, row_off, r0, r1, kd, kh, kw, sd, sh, sw, dd, dh, dw, pd0, ph0, pw0,
                  od_, oh_, ow_):
     """im2col of the output rows r0 <= r < r1, r = (n·OD + od)·OH + oh, into cols: G×R×Kg
@@ -160,7 +161,7 @@ def _im2col_rows(x, cols, row_off, r0, r1, kd, kh, kw, sd, sh, sw, dd, dh, dw, p
                                     cf[k + c] = 0
 
 
-@njit(cache=True, nogil=True)
+@helper
 def _im2col_rows_single_channel(xf, cf, x_shape, m_, kg, row_off, r0, r1, kd, kh, kw, sd, sh,
                                 sw, dd, dh, dw, pd0, ph0, pw0, od_, oh_, ow_):
     """`_im2col_rows` when each group has one channel (C/G = 1, e.g. a grey-scale input):
@@ -176,7 +177,7 @@ def _im2col_rows_single_channel(xf, cf, x_shape, m_, kg, row_off, r0, r1, kd, kh
                                    kd, kh, kw, sd, sh, sw, dd, dh, dw, pd0, ph0, pw0, ow_)
 
 
-@njit(cache=True, nogil=True, inline="always")
+@helper(inline="always")
 def _im2col_row_single_channel(xf, cf, d_, h_, w_, c_, ng, m_, kg, row_off, r, n, od, oh, kd,
                                kh, kw, sd, sh, sw, dd, dh, dw, pd0, ph0, pw0, ow_):
     for g in range(ng):
@@ -201,7 +202,7 @@ def _im2col_row_single_channel(xf, cf, d_, h_, w_, c_, ng, m_, kg, row_off, r, n
                         cf[U((row0 + ow) * kg + k)] = 0
 
 
-@njit(parallel=True, cache=True, nogil=True)
+@kernel
 def _im2col(x, cols, kd, kh, kw, sd, sh, sw, dd, dh, dw, pd0, ph0, pw0, od_, oh_, ow_):
     """cols[g, row, ((a·KH + b)·KW + e)·Cg + c] = xpad[n, od·sd + a·dd, oh·sh + b·dh,
     ow·sw + e·dw, g·Cg + c] (zero outside x). x: N×D×H×W×C, cols: G×M×Kg, Cg = C/G.
@@ -254,7 +255,7 @@ def _im2col(x, cols, kd, kh, kw, sd, sh, sw, dd, dh, dw, pd0, ph0, pw0, od_, oh_
                                     cf[k + c] = 0
 
 
-@njit(cache=True, nogil=True, inline="always")
+@helper(inline="always")
 def _col2im_rows(dcols, dx, row_off, r0, r1, kd, kh, kw, sd, sh, sw, dd, dh, dw, pd0, ph0,
                  pw0, od_, oh_, ow_):
     """Adjoint of `_im2col_rows` for the input rows r0 <= r < r1, r = (n·D + i)·H + j:
@@ -296,7 +297,7 @@ def _col2im_rows(dcols, dx, row_off, r0, r1, kd, kh, kw, sd, sh, sw, dd, dh, dw,
                                 dxf[dst + c] += dcf[src + c]
 
 
-@njit(parallel=True, cache=True, nogil=True)
+@kernel
 def _col2im(dcols, dx, kd, kh, kw, sd, sh, sw, dd, dh, dw, pd0, ph0, pw0, od_, oh_, ow_):
     """Adjoint of `_im2col`: dx[n, i, j, q, g·Cg + c] = sum of the dcols entries that read it.
     dcols: G×M×Kg, dx: N×D×H×W×C (overwritten). Gathers, parallel over input rows (n, i, j);
@@ -336,7 +337,7 @@ def _col2im(dcols, dx, kd, kh, kw, sd, sh, sw, dd, dh, dw, pd0, ph0, pw0, od_, o
                                 dxf[dst + c] += dcf[src + c]
 
 
-@njit(parallel=True, cache=True, nogil=True)
+@kernel
 def _conv_blocks_forward(x, w2t, bias, relu, y2, cols, whole, nchunk, per_block, kd, kh, kw,
                          sd, sh, sw, dd, dh, dw, pd0, ph0, pw0, od_, oh_, ow_):
     """y2 = im2col(x) · W (+ bias, then max(·, 0) if `relu`; NaN propagates), in one parallel
@@ -366,15 +367,18 @@ def _conv_blocks_forward(x, w2t, bias, relu, y2, cols, whole, nchunk, per_block,
                 patches = cols[slab, g, p0 - off:p1 - off]
                 if ng == 1:
                     np.dot(patches, w2t[0], y2[p0:p1])
-                else:
-                    y2[p0:p1, g * fg:(g + 1) * fg] = np.dot(patches, w2t[g])
+                    continue
+                yg = np.dot(patches, w2t[g])
+                for p in range(p1 - p0):  # (a loop: a slice assignment costs 3 s to compile)
+                    for c in range(fg):
+                        y2[p0 + p, g * fg + c] = yg[p, c]
             for row in range(U(p0 * f_), U(p1 * f_), U(f_)):
                 for c in range(U(f_)):
                     v = yf[row + c] + bias[c]
                     yf[row + c] = 0.0 if relu and v < 0 else v
 
 
-@njit(parallel=True, cache=True, nogil=True)
+@kernel
 def _conv_blocks_backward(x, w2, dy2, y2, relu, dx, need_dx, cols, whole, dyb, dcols, dwt_part,
                           db_part, nchunk, per_block, kd, kh, kw, sd, sh, sw, dd, dh, dw, pd0,
                           ph0, pw0, od_, oh_, ow_):
@@ -417,7 +421,11 @@ def _conv_blocks_backward(x, w2, dy2, y2, relu, dx, need_dx, cols, whole, dyb, d
             for g in range(ng):
                 patches = cols[slab, g, p0 - off:p1 - off]
                 dg = d if ng == 1 else np.ascontiguousarray(d[:, g * fg:(g + 1) * fg])
-                dwt_part[t, g] += np.dot(patches.T, dg)
+                gw = np.dot(patches.T, dg)
+                acc = dwt_part[t, g]
+                for k in range(gw.shape[0]):  # (a loop: an array += costs 3 s to compile)
+                    for c in range(fg):
+                        acc[k, c] += gw[k, c]
                 if need_dx:
                     np.dot(dg, w2[g], dcols[t, g, :p1 - p0])
             if need_dx:
@@ -425,7 +433,7 @@ def _conv_blocks_backward(x, w2, dy2, y2, relu, dx, need_dx, cols, whole, dyb, d
                              sh, sw, dd, dh, dw, pd0, ph0, pw0, od_, oh_, ow_)
 
 
-@njit(parallel=True, cache=True, nogil=True)
+@kernel
 def _add_rows(y2, b, relu):
     """y2[r, :] = y2[r, :] + b for every row, then max(·, 0) if `relu` (NaN propagates).
     y2: M×F (C-contiguous). Parallel over row blocks; flat unsigned indices (see `_im2col`)."""
@@ -440,30 +448,29 @@ def _add_rows(y2, b, relu):
                 yf[row + c] = 0.0 if relu and v < 0 else v
 
 
-@njit(parallel=True, cache=True, nogil=True)
-def _row_sums(a, nchunk):
-    """Float64 partial column sums of a: M×F (C-contiguous); chunk t sums rows
-    [t·M/T, (t+1)·M/T)."""
+@kernel
+def _row_sums(a, part):
+    """part[t] += the column sums of rows [t·M/T, (t+1)·M/T) of a: M×F (C-contiguous);
+    part: T×F float64, zeroed by the caller."""
     m, f = a.shape
+    nchunk = part.shape[0]
     af = a.reshape(a.size)
-    part = np.zeros((nchunk, f))
     for t in prange(nchunk):
         pt = part[t]
         for r in range(t * m // nchunk, (t + 1) * m // nchunk):
             row = U(r * f)
             for c in range(U(f)):
                 pt[c] += af[row + c]
-    return part
 
 
-@njit(parallel=True, cache=True, nogil=True)
-def _relu_mask_sums(y2, dy2, out, nchunk):
+@kernel
+def _relu_mask_sums(y2, dy2, out, part):
     """out = dy2 where y2 > 0 else 0 (the ReLU backward folded into the conv's), and float64
-    partial column sums of out as `_row_sums`. y2, dy2, out: M×F, C-contiguous; out may be
-    dy2."""
+    partial column sums of out into part as `_row_sums`. y2, dy2, out: M×F, C-contiguous;
+    out may be dy2."""
     m, f = dy2.shape
+    nchunk = part.shape[0]
     yf, dyf, of = y2.reshape(y2.size), dy2.reshape(dy2.size), out.reshape(out.size)
-    part = np.zeros((nchunk, f))
     for t in prange(nchunk):
         pt = part[t]
         for r in range(t * m // nchunk, (t + 1) * m // nchunk):
@@ -472,10 +479,9 @@ def _relu_mask_sums(y2, dy2, out, nchunk):
                 v = dyf[row + c] if yf[row + c] > 0 else 0.0
                 of[row + c] = v
                 pt[c] += v
-    return part
 
 
-@njit(cache=True, nogil=True)
+@helper
 def _expand(xr, mult, out):
     """out[q, c·m + k] = xr[q, c]: an input row repeated to the depthwise output channels.
     Returns xr itself when m = 1."""
@@ -488,7 +494,7 @@ def _expand(xr, mult, out):
     return out
 
 
-@njit(parallel=True, cache=True, nogil=True)
+@kernel
 def _dw_forward(x, wt, b, y, mult, kd, kh, kw, sd, sh, sw, dd, dh, dw, pd0, ph0, pw0):
     """Depthwise conv: y[n, o, c·m + k] = b[c·m + k] + sum_tap xpad[n, o·s + tap·d, c] ·
     wt[tap, c·m + k]. x: N×D×H×W×C, wt: (KD·KH·KW)×(C·m), y: N×OD×OH×OW×(C·m) (overwritten).
@@ -521,7 +527,7 @@ def _dw_forward(x, wt, b, y, mult, kd, kh, kw, sd, sh, sw, dd, dh, dw, pd0, ph0,
                             yo[o] += xo[o] * wk[o]
 
 
-@njit(parallel=True, cache=True, nogil=True)
+@kernel
 def _dw_backward_x(dy, wt, dx, mult, kd, kh, kw, sd, sh, sw, dd, dh, dw, pd0, ph0, pw0):
     """dx of `_dw_forward` (dx: N×D×H×W×C, overwritten). Gathers, parallel over input rows
     (n, i, j); each iteration writes only dx[n, i, j]."""
@@ -557,7 +563,7 @@ def _dw_backward_x(dy, wt, dx, mult, kd, kh, kw, sd, sh, sw, dd, dh, dw, pd0, ph
                 dxr[q, c] = total
 
 
-@njit(parallel=True, cache=True, nogil=True)
+@kernel
 def _dw_backward_w(x, dy, part, mult, kd, kh, kw, sd, sh, sw, dd, dh, dw, pd0, ph0, pw0):
     """Partial weight gradients of `_dw_forward`: part[t, tap, o] sums chunk t of the output rows
     (n, od, oh). part: T×(KD·KH·KW)×(C·m), zeroed by the caller. Parallel over chunks."""
@@ -591,7 +597,7 @@ def _dw_backward_w(x, dy, part, mult, kd, kh, kw, sd, sh, sw, dd, dh, dw, pd0, p
                                 pk[o] += do[o] * xo[o]
 
 
-@njit(parallel=True, cache=True, nogil=True)
+@kernel
 def _local_im2col(x, cols, kd, kh, kw, sd, sh, sw, od_, oh_, ow_):
     """cols[p, n, ((c·KD + a)·KH + b)·KW + e] = x[n, od·sd + a, oh·sh + b, ow·sw + e, c] with
     p = (od·OH + oh)·OW + ow (the local weight's (C, KD, KH, KW) order). cols: P×N×K.
@@ -610,7 +616,7 @@ def _local_im2col(x, cols, kd, kh, kw, sd, sh, sw, od_, oh_, ow_):
                                 x[n, od * sd + a, oh * sh + b, ow * sw + e, c]
 
 
-@njit(parallel=True, cache=True, nogil=True)
+@kernel
 def _local_col2im(dcols, dx, kd, kh, kw, sd, sh, sw, od_, oh_, ow_):
     """Adjoint of `_local_im2col` into dx: N×D×H×W×C (overwritten). Parallel over images n;
     each iteration writes only dx[n]."""
@@ -725,14 +731,17 @@ def _add_bias(y2, b, relu=False):
 
 def _sum_rows(a2):
     """Column sums of a2: M×F, accumulated in float64 (deterministic chunking)."""
-    return _row_sums(a2, max(1, min(64, a2.shape[0]))).sum(axis=0).astype(a2.dtype)
+    part = np.zeros((max(1, min(64, a2.shape[0])), a2.shape[1]))
+    _row_sums(a2, part)
+    return part.sum(axis=0).astype(a2.dtype)
 
 
 def _relu_masked(y2, dy2):
     """(dy2 masked by y2 > 0, its column sums), in one pass. The masked copy is a scratch
     buffer: it never leaves `conv_backward`."""
     out = _buffer("dy", dy2.shape, dy2.dtype)
-    part = _relu_mask_sums(_c(y2, dy2.dtype), dy2, out, max(1, min(64, dy2.shape[0])))
+    part = np.zeros((max(1, min(64, dy2.shape[0])), dy2.shape[1]))
+    _relu_mask_sums(_c(y2, dy2.dtype), dy2, out, part)
     return out, part.sum(axis=0).astype(dy2.dtype)
 
 

@@ -10,14 +10,16 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit, prange
+from numba import prange
 
 from cnndsl.kernels import out_buffer as _buffer
+from cnndsl.kernels.jit import helper, kernel
 
 
-@njit(cache=True, nogil=True)
+@helper
 def _exp_row(x, i, y):
-    """y[i] = exp(x[i] - max x[i]); returns (max, Σ exp) in float64."""
+    """y[i] = exp(x[i] - max x[i]); returns (max, Σ exp) in float64. i: int64 (one
+    signature; a `prange` index is unsigned in parallel code and signed in serial code)."""
     k_ = x.shape[1]
     m = x[i, 0]
     for j in range(1, k_):
@@ -30,18 +32,17 @@ def _exp_row(x, i, y):
     return m, s
 
 
-@njit(parallel=True, cache=True, nogil=True)
+@kernel
 def _softmax_fwd(x, y):
     n_, k_ = x.shape
     for i in prange(n_):
-        _, s = _exp_row(x, i, y)
+        _, s = _exp_row(x, np.int64(i), y)
         r = 1.0 / s
         for j in range(k_):
             y[i, j] *= r
-    return y
 
 
-@njit(parallel=True, cache=True, nogil=True)
+@kernel
 def _softmax_bwd(y, dy, dx):
     n_, k_ = y.shape
     for i in prange(n_):
@@ -50,19 +51,19 @@ def _softmax_bwd(y, dy, dx):
             t += dy[i, j] * y[i, j]
         for j in range(k_):
             dx[i, j] = y[i, j] * (dy[i, j] - t)
-    return dx
 
 
-@njit(parallel=True, cache=True, nogil=True)
-def _softmax_xent(x, labels, dx):
-    """dx = (softmax(x) - onehot) / N; returns mean over rows of logsumexp - x[label]."""
+@kernel
+def _softmax_xent(x, labels, dx, loss):
+    """dx = (softmax(x) - onehot) / N; loss[0] = the mean over rows of logsumexp - x[label]
+    (float64)."""
     n_, k_ = x.shape
     inv_n = 1.0 / n_
     losses = np.empty(n_)
     for i in prange(n_):
         lab = labels[i]
         xl = x[i, lab]                       # read first: dx may alias x
-        m, s = _exp_row(x, i, dx)
+        m, s = _exp_row(x, np.int64(i), dx)
         losses[i] = m + math.log(s) - xl
         r = inv_n / s
         for j in range(k_):
@@ -71,7 +72,7 @@ def _softmax_xent(x, labels, dx):
     total = 0.0
     for i in range(n_):
         total += losses[i]
-    return total * inv_n
+    loss[0] = total * inv_n
 
 
 def _x2(x2):
@@ -84,7 +85,9 @@ def _x2(x2):
 def softmax_forward(x2, *, out=None):
     """x2: N×K -> y2: N×K, softmax over each row (max-shifted)."""
     x2 = _x2(x2)
-    return _softmax_fwd(x2, _buffer(out, x2.shape, x2.dtype))
+    y2 = _buffer(out, x2.shape, x2.dtype)
+    _softmax_fwd(x2, y2)
+    return y2
 
 
 def softmax_backward(y2, dy2, *, out=None):
@@ -92,7 +95,9 @@ def softmax_backward(y2, dy2, *, out=None):
     y2, dy2 = _x2(y2), _x2(dy2)
     if y2.shape != dy2.shape:
         raise ValueError(f"shapes differ: {y2.shape} vs {dy2.shape}")
-    return _softmax_bwd(y2, dy2, _buffer(out, dy2.shape, dy2.dtype))
+    dx2 = _buffer(out, dy2.shape, dy2.dtype)
+    _softmax_bwd(y2, dy2, dx2)
+    return dx2
 
 
 def softmax_cross_entropy(logits, labels, *, out=None):
@@ -110,4 +115,6 @@ def softmax_cross_entropy(logits, labels, *, out=None):
     if x.shape[0] == 0:
         raise ValueError("empty batch")
     dx = _buffer(out, x.shape, x.dtype)
-    return float(_softmax_xent(x, labels, dx)), dx
+    loss = np.empty(1)
+    _softmax_xent(x, labels, dx, loss)
+    return float(loss[0]), dx

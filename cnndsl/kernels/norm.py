@@ -15,18 +15,18 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit, prange
+from numba import prange
 
 from cnndsl.kernels import out_buffer as _buffer
+from cnndsl.kernels.jit import helper, kernel
 
 _NCHUNK = 16
 
 
-
-
-@njit(parallel=True, cache=True, nogil=True)
-def _bn_sums(x, shift):
-    """Float64 Σ(x - shift) and Σ(x - shift)² per channel, chunked (see the module doc)."""
+@kernel
+def _bn_sums(x, shift, t1, t2):
+    """t1, t2 = float64 Σ(x - shift) and Σ(x - shift)² per channel, chunked (see the module
+    doc)."""
     m_, c_ = x.shape
     nch = min(_NCHUNK, m_)
     s1 = np.zeros((nch, c_))
@@ -37,17 +37,26 @@ def _bn_sums(x, shift):
                 d = np.float64(x[i, c]) - shift[c]
                 s1[k, c] += d
                 s2[k, c] += d * d
-    return s1.sum(axis=0), s2.sum(axis=0)
+    _add_chunks(s1, s2, t1, t2)
 
 
-@njit(parallel=True, cache=True, nogil=True)
-def _bn_train_fwd(x, gamma, beta, eps, y, mean, var, inv_std):
+@helper
+def _add_chunks(s1, s2, t1, t2):
+    """t1, t2 = s1, s2 summed over their rows (the chunks), in chunk order."""
+    for c in range(s1.shape[1]):
+        a = 0.0
+        b = 0.0
+        for k in range(s1.shape[0]):
+            a += s1[k, c]
+            b += s2[k, c]
+        t1[c] = a
+        t2[c] = b
+
+
+@kernel
+def _bn_train_fwd(x, gamma, beta, eps, t1, t2, y, mean, var, inv_std):
+    """From t1, t2 = `_bn_sums(x, x[0])`: the statistics, and y = x normalised."""
     m_, c_ = x.shape
-    # shifted by row 0: Σd² - (Σd)²/M then cancels little (one pass, float64)
-    shift = np.empty(c_)
-    for c in range(c_):
-        shift[c] = x[0, c]
-    t1, t2 = _bn_sums(x, shift)
     a = np.empty(c_)
     mu = np.empty(c_)
     for c in range(c_):
@@ -62,12 +71,11 @@ def _bn_train_fwd(x, gamma, beta, eps, y, mean, var, inv_std):
     for i in prange(m_):
         for c in range(c_):
             y[i, c] = (x[i, c] - mu[c]) * a[c] + beta[c]
-    return y
 
 
-@njit(parallel=True, cache=True, nogil=True)
-def _bn_grad_sums(x, dy, mean):
-    """Float64 Σdy and Σdy·(x - mean) per channel, chunked."""
+@kernel
+def _bn_grad_sums(x, dy, mean, t1, t2):
+    """t1, t2 = float64 Σdy and Σdy·(x - mean) per channel, chunked."""
     m_, c_ = x.shape
     nch = min(_NCHUNK, m_)
     s1 = np.zeros((nch, c_))
@@ -78,10 +86,10 @@ def _bn_grad_sums(x, dy, mean):
                 g = np.float64(dy[i, c])
                 s1[k, c] += g
                 s2[k, c] += g * (x[i, c] - mean[c])
-    return s1.sum(axis=0), s2.sum(axis=0)
+    _add_chunks(s1, s2, t1, t2)
 
 
-@njit(parallel=True, cache=True, nogil=True)
+@kernel
 def _bn_dx(x, dy, gamma, mean, inv_std, sum_dy, sum_dyxc, count, dx):
     """dx = γ·istd/M · (M·dy - Σdy - x̂·Σ(dy·x̂)), x̂ = (x - mean)·istd, from the sums over
     all M = `count` rows of the batch (which may be more than x's)."""
@@ -97,10 +105,9 @@ def _bn_dx(x, dy, gamma, mean, inv_std, sum_dy, sum_dyxc, count, dx):
     for i in prange(m_):
         for c in range(c_):
             dx[i, c] = k1[c] * dy[i, c] - k2[c] - (x[i, c] - mean[c]) * k3[c]
-    return dx
 
 
-@njit(parallel=True, cache=True, nogil=True)
+@kernel
 def _bn_eval_fwd(x, gamma, beta, rmean, rvar, eps, y):
     m_, c_ = x.shape
     a = np.empty(c_)
@@ -109,10 +116,9 @@ def _bn_eval_fwd(x, gamma, beta, rmean, rvar, eps, y):
     for i in prange(m_):
         for c in range(c_):
             y[i, c] = (x[i, c] - rmean[c]) * a[c] + beta[c]
-    return y
 
 
-@njit(parallel=True, cache=True, nogil=True)
+@kernel
 def _bn_eval_bwd(x, dy, gamma, rmean, rvar, eps, dx, dgamma, dbeta):
     """One fused pass: dx = dy·γ/sqrt(rv + eps) and the chunk partials of Σdy, Σdy·(x - rm)."""
     m_, c_ = x.shape
@@ -139,7 +145,6 @@ def _bn_eval_bwd(x, dy, gamma, rmean, rvar, eps, dx, dgamma, dbeta):
             t2 += s2[k, c]
         dbeta[c] = t1
         dgamma[c] = t2 * istd[c]
-    return dx
 
 
 def _check_dy(x2, dy2):
@@ -170,14 +175,18 @@ def batchnorm_train_forward(x2, gamma, beta, eps, *, out=None):
     c = x2.shape[1]
     y2 = _buffer(out, x2.shape, x2.dtype)
     mean, var, inv_std = (np.empty(c, x2.dtype) for _ in range(3))
-    _bn_train_fwd(x2, gamma, beta, float(eps), y2, mean, var, inv_std)
+    # shifted by row 0: Σd² - (Σd)²/M then cancels little (one pass, float64)
+    t1, t2 = batchnorm_sums(x2, x2[0])
+    _bn_train_fwd(x2, gamma, beta, float(eps), t1, t2, y2, mean, var, inv_std)
     return y2, mean, var, inv_std
 
 
 def batchnorm_eval_forward(x2, gamma, beta, running_mean, running_var, eps, *, out=None):
     """x2: M×C -> y2 = (x2 - running_mean)/sqrt(running_var + eps)·gamma + beta."""
     x2, vs = _check(x2, gamma, beta, running_mean, running_var)
-    return _bn_eval_fwd(x2, *vs[:2], *vs[2:], float(eps), _buffer(out, x2.shape, x2.dtype))
+    y2 = _buffer(out, x2.shape, x2.dtype)
+    _bn_eval_fwd(x2, *vs[:2], *vs[2:], float(eps), y2)
+    return y2
 
 
 def batchnorm_backward(x2, dy2, gamma, mean, inv_std, *, out=None):
@@ -188,9 +197,9 @@ def batchnorm_backward(x2, dy2, gamma, mean, inv_std, *, out=None):
     """
     x2, (gamma, mean, inv_std) = _check(x2, gamma, mean, inv_std)
     dy2 = _check_dy(x2, dy2)
-    sum_dy, sum_dyxc = _bn_grad_sums(x2, dy2, mean)
-    dx2 = _bn_dx(x2, dy2, gamma, mean, inv_std, sum_dy, sum_dyxc, float(x2.shape[0]),
-                 _buffer(out, x2.shape, dy2.dtype))
+    sum_dy, sum_dyxc = batchnorm_grad_sums(x2, dy2, mean)
+    dx2 = _buffer(out, x2.shape, dy2.dtype)
+    _bn_dx(x2, dy2, gamma, mean, inv_std, sum_dy, sum_dyxc, float(x2.shape[0]), dx2)
     return dx2, (sum_dyxc * inv_std).astype(dy2.dtype), sum_dy.astype(dy2.dtype)
 
 
@@ -198,13 +207,17 @@ def batchnorm_sums(x2, shift):
     """x2: M×C -> float64 (Σ(x - shift), Σ(x - shift)²) per channel: the statistics of a batch
     cut into shards are these sums added over the shards (shift: float64 C)."""
     x2, _ = _check(x2)
-    return _bn_sums(x2, np.ascontiguousarray(shift, dtype=np.float64))
+    t1, t2 = np.empty(x2.shape[1]), np.empty(x2.shape[1])
+    _bn_sums(x2, np.ascontiguousarray(shift, dtype=np.float64), t1, t2)
+    return t1, t2
 
 
 def batchnorm_grad_sums(x2, dy2, mean):
     """x2, dy2: M×C -> float64 (Σdy, Σdy·(x - mean)) per channel, for `batchnorm_dx`."""
     x2, (mean,) = _check(x2, mean)
-    return _bn_grad_sums(x2, _check_dy(x2, dy2), mean)
+    t1, t2 = np.empty(x2.shape[1]), np.empty(x2.shape[1])
+    _bn_grad_sums(x2, _check_dy(x2, dy2), mean, t1, t2)
+    return t1, t2
 
 
 def batchnorm_dx(x2, dy2, gamma, mean, inv_std, sum_dy, sum_dyxc, count, *, out=None):
@@ -212,9 +225,10 @@ def batchnorm_dx(x2, dy2, gamma, mean, inv_std, sum_dy, sum_dyxc, count, *, out=
     `count` rows, of which x2 and dy2 are some."""
     x2, (gamma, mean, inv_std) = _check(x2, gamma, mean, inv_std)
     dy2 = _check_dy(x2, dy2)
-    return _bn_dx(x2, dy2, gamma, mean, inv_std, np.asarray(sum_dy, np.float64),
-                  np.asarray(sum_dyxc, np.float64), float(count),
-                  _buffer(out, x2.shape, dy2.dtype))
+    dx2 = _buffer(out, x2.shape, dy2.dtype)
+    _bn_dx(x2, dy2, gamma, mean, inv_std, np.ascontiguousarray(sum_dy, np.float64),
+           np.ascontiguousarray(sum_dyxc, np.float64), float(count), dx2)
+    return dx2
 
 
 def batchnorm_eval_backward(x2, dy2, gamma, running_mean, running_var, eps, *, out=None):

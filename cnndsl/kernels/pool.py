@@ -24,22 +24,23 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit, prange
+from numba import prange
 
 from cnndsl.kernels import out_buffer as _buffer
+from cnndsl.kernels.jit import helper, kernel
 
 _INT32_MAX = 2**31 - 1
 U = np.uint64  # an index type without the negative-index wraparound test
 
 
-@njit(cache=True, nogil=True)
+@helper
 def _window(o, s, p0, k, n):
     """Window of output `o` on an axis of `n` inputs: start and the clipped [lo, hi) offsets."""
     start = o * s - p0
     return start, max(0, -start), min(k, n - start)
 
 
-@njit(parallel=True, cache=True, nogil=True)
+@kernel
 def _maxpool_fwd(x, kd, kh, kw, sd, sh, sw, pd0, ph0, pw0, y, am):
     _, d_, h_, w_, c_ = x.shape
     n_, do, ho, wo, _ = y.shape
@@ -73,10 +74,9 @@ def _maxpool_fwd(x, kd, kh, kw, sd, sh, sw, pd0, ph0, pw0, y, am):
                             take = k < 0 or v > m or (math.isnan(v) and not math.isnan(m))
                             yf[yo + c] = v if take else m
                             af[yo + c] = idx if take else k
-    return y, am
 
 
-@njit(parallel=True, cache=True, nogil=True)
+@kernel
 def _argmax_scatter(dy3, am3, cb, dx3):
     """dx3: N×S×C = 0, then dx3[n, am3[n, o, c], c] += dy3[n, o, c]; prange over (n, C block).
     Flat unsigned indices as in `_maxpool_fwd`."""
@@ -98,10 +98,9 @@ def _argmax_scatter(dy3, am3, cb, dx3):
                 i = amf[src + j]
                 if 0 <= i < s_:                  # -1: empty window; never write out of dx
                     dxf[U((n * s_ + i) * c_ + c0) + j] += dyf[src + j]
-    return dx3
 
 
-@njit(parallel=True, cache=True, nogil=True)
+@kernel
 def _sumpool_fwd(x, kd, kh, kw, sd, sh, sw, pd0, ph0, pw0, square, y):
     """y = Σ x over the window / (kd·kh·kw), or sqrt(Σ x²) when `square`."""
     _, d_, h_, w_, c_ = x.shape
@@ -130,10 +129,9 @@ def _sumpool_fwd(x, kd, kh, kw, sd, sh, sw, pd0, ph0, pw0, square, y):
         for ow in range(wo):
             for c in range(c_):
                 yr[ow, c] = np.sqrt(yr[ow, c]) if square else yr[ow, c] * inv_k
-    return y
 
 
-@njit(cache=True, nogil=True)
+@helper
 def _cover_table(n, p0, k, s, nout):
     """lo[i], hi[i]: the outputs [lo, hi) whose windows contain input i on one axis."""
     lo = np.empty(n, np.int64)
@@ -145,7 +143,7 @@ def _cover_table(n, p0, k, s, nout):
     return lo, hi
 
 
-@njit(parallel=True, cache=True, nogil=True)
+@kernel
 def _sumpool_bwd(x, y, dy, kd, kh, kw, sd, sh, sw, pd0, ph0, pw0, square, dx):
     """Gather. Average: dx = Σ dy / K. L2 (`square`): dx = x · Σ dy / y, terms with y == 0 dropped.
 
@@ -180,10 +178,9 @@ def _sumpool_bwd(x, y, dy, kd, kh, kw, sd, sh, sw, pd0, ph0, pw0, square, dx):
         for w in range(w_):
             for c in range(c_):
                 g[w, c] *= xr[w, c] if square else inv_k
-    return dx
 
 
-@njit(parallel=True, cache=True, nogil=True)
+@kernel
 def _global_avg_fwd(x3, y):
     n_, s_, c_ = x3.shape
     for n in prange(n_):
@@ -193,10 +190,9 @@ def _global_avg_fwd(x3, y):
                 acc[c] += x3[n, s, c]
         for c in range(c_):
             y[n, c] = acc[c] / s_
-    return y
 
 
-@njit(parallel=True, cache=True, nogil=True)
+@kernel
 def _global_avg_bwd(dy, dx3):
     n_, s_, c_ = dx3.shape
     inv_s = 1.0 / s_
@@ -204,10 +200,9 @@ def _global_avg_bwd(dy, dx3):
         n, s = r // s_, r % s_
         for c in range(c_):
             dx3[n, s, c] = dy[n, c] * inv_s
-    return dx3
 
 
-@njit(parallel=True, cache=True, nogil=True)
+@kernel
 def _global_max_fwd(x3, y, am):
     n_, s_, c_ = x3.shape
     for n in prange(n_):
@@ -221,7 +216,6 @@ def _global_max_fwd(x3, y, am):
                 if v > m or (math.isnan(v) and not math.isnan(m)):
                     y[n, c] = v
                     am[n, c] = s
-    return y, am
 
 
 # ---------------------------------------------------------------- wrappers
@@ -301,7 +295,9 @@ def avgpool_forward(x, kernel, stride, pad_before, pad_after, *, out=None):
     """x: N×D×H×W×C -> y: N×Do×Ho×Wo×C, y = Σ window / (kd·kh·kw) (zero padding counts)."""
     x = _x5(x)
     g, shape = _geometry(x.shape, kernel, stride, pad_before, pad_after)
-    return _sumpool_fwd(x, *g, False, _buffer(out, shape, x.dtype))
+    y = _buffer(out, shape, x.dtype)
+    _sumpool_fwd(x, *g, False, y)
+    return y
 
 
 def avgpool_backward(dy, x_shape, kernel, stride, pad_before, pad_after, *, out=None):
@@ -311,14 +307,17 @@ def avgpool_backward(dy, x_shape, kernel, stride, pad_before, pad_after, *, out=
     if dy.shape != shape:
         raise ValueError(f"dy {dy.shape} does not match pooled shape {shape}")
     dx = _buffer(out, tuple(x_shape), dy.dtype)
-    return _sumpool_bwd(dx, dy, dy, *g, False, dx)      # x, y unread (dx: right shape)
+    _sumpool_bwd(dx, dy, dy, *g, False, dx)      # x, y unread (dx: right shape)
+    return dx
 
 
 def l2pool_forward(x, kernel, stride, pad_before, pad_after, *, out=None):
     """x: N×D×H×W×C -> y: N×Do×Ho×Wo×C, y = sqrt(Σ x² over the window), zero padding."""
     x = _x5(x)
     g, shape = _geometry(x.shape, kernel, stride, pad_before, pad_after)
-    return _sumpool_fwd(x, *g, True, _buffer(out, shape, x.dtype))
+    y = _buffer(out, shape, x.dtype)
+    _sumpool_fwd(x, *g, True, y)
+    return y
 
 
 def l2pool_backward(x, y, dy, kernel, stride, pad_before, pad_after, *, out=None):
@@ -328,14 +327,17 @@ def l2pool_backward(x, y, dy, kernel, stride, pad_before, pad_after, *, out=None
     if y.shape != shape or dy.shape != shape:
         raise ValueError(f"y {y.shape} / dy {dy.shape} do not match pooled shape {shape}")
     dx = _buffer(out, x.shape, np.result_type(x, dy))
-    return _sumpool_bwd(x, y, dy, *g, True, dx)
+    _sumpool_bwd(x, y, dy, *g, True, dx)
+    return dx
 
 
 def global_avgpool_forward(x, *, out=None):
     """x: N×D×H×W×C -> y: N×C, the mean over D·H·W (float64 sums)."""
     x = _x5(x)
     n, c = x.shape[0], x.shape[-1]
-    return _global_avg_fwd(x.reshape(n, -1, c), _buffer(out, (n, c), x.dtype))
+    y = _buffer(out, (n, c), x.dtype)
+    _global_avg_fwd(x.reshape(n, -1, c), y)
+    return y
 
 
 def global_avgpool_backward(dy, x_shape, *, out=None):
