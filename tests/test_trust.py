@@ -314,3 +314,21 @@ def test_misspelt_optimizer_gets_did_you_mean(tmp_path):
     (tmp_path / "block.cnn").write_text(NET.replace("optimizer = adam", "optimizer = sgdd"))
     status, _, err = cnndsl_cli("train", "block.cnn", cwd=tmp_path)
     assert status == 1 and "block.cnn:4:" in err and "did you mean 'sgd'" in err
+
+
+# ---- the first run says what it waits for -------------------------------------------------------
+
+def test_first_run_says_it_compiles_and_the_second_does_not(tmp_path, monkeypatch):
+    (tmp_path / "small.cnn").write_text(NET)
+    dataset(tmp_path / "data.npz", n=48, n_test=16)
+    monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path / "empty-cache"))   # a new machine
+    status, out, err = cnndsl_cli("train", "small.cnn", "--data", "data.npz", "--no-progress",
+                                  cwd=tmp_path)
+    assert status == 0, err
+    assert "kernels for this machine (first run only" in err
+    assert err.index("compiling") < err.index("compiled")
+    status, out, err = cnndsl_cli("train", "small.cnn", "--data", "data.npz", "--no-progress",
+                                  "--overwrite", cwd=tmp_path)
+    assert status == 0 and "compiling" not in err, err
+    status, out, err = cnndsl_cli("eval", "--weights", "small.npz", cwd=tmp_path)
+    assert status == 0 and "compiling" not in err, err
