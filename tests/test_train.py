@@ -301,3 +301,19 @@ def test_ctrl_c_saves_and_resume_finishes_the_same_run(tmp_path, npz):
 
 
 assert os and ROOT  # used by subprocess tests' environments
+
+
+def test_weights_files_without_a_stored_graph_are_checked_from_their_text(tmp_path):
+    """Files written before the graph was stored: their .cnn text is compiled and compared."""
+    path = tmp_path / "w.npz"
+    checkpoint.save(str(path), Model(cnndsl.check_text(TINY)), meta={"architecture": TINY})
+    arrays, meta = checkpoint.load(str(path))
+    del meta["graph"]
+    same = Model(cnndsl.check_text("# edited\n" + TINY))
+    checkpoint.restore_model(same, arrays, meta, str(path))
+    other = Model(cnndsl.check_text(TINY.replace("ReLU", "Tanh")))
+    with pytest.raises(checkpoint.CheckpointError, match="relu1 is ReLU in w.npz but Tanh"):
+        checkpoint.restore_model(other, arrays, meta, str(path))
+    del meta["architecture"]
+    with pytest.raises(checkpoint.CheckpointError, match="does not say which network"):
+        checkpoint.restore_model(same, arrays, meta, str(path))
