@@ -34,18 +34,26 @@ def compile(source_text: str, seed: int = 0, **bindings):
     """Check `.cnn` source and build a runnable model (kernels load on first use).
 
     `bindings` override the file's `let`s (`compile(text, k=3)`); `seed` fixes the
-    initial weights and dropout."""
-    from cnndsl.model import Model
-
-    return Model(check_text(source_text, bindings), seed=seed)
+    initial weights and dropout. A user error raises CnnDslError whose str() is the
+    located report the CLI prints (`<string>:LINE:COL: error: ...`)."""
+    return _build(source_text, "<string>", seed, bindings)
 
 
 def load(path: str, seed: int = 0, **bindings):
     """`compile` the .cnn file at `path` (errors name `path`)."""
-    from cnndsl.model import Model
     from cnndsl.source import read_source
 
-    return Model(check_text(read_source(path), bindings, filename=str(path)), seed=seed)
+    return _build(read_source(path), str(path), seed, bindings)
+
+
+def _build(text: str, filename: str, seed: int, bindings: dict):
+    from cnndsl.model import Model
+
+    graph = check_text(text, bindings, filename)
+    try:
+        return Model(graph, seed=seed)
+    except CnnDslError as error:  # e.g. weights that cannot fit in memory
+        raise error.located(text, filename) from None
 
 
 def check_file(path: str, **bindings):

@@ -258,8 +258,22 @@ def _render_target(args) -> tuple[str, str]:
         _usage_error(f"cannot tell the format of -o {args.output}: use a .svg, .png, .pdf or "
                      ".dot suffix, or --format")
     fmt = args.format or suffix or "svg"
-    out = args.output or f"{Path(args.file).stem}.{fmt}"
+    out = _output_file(args.output or f"{Path(args.file).stem}.{fmt}")
     return out, fmt
+
+
+def _output_file(path: str, make_folder: bool = False) -> str:
+    """`path` if a file may be written there (its folder is made later if `make_folder`);
+    a usage error naming the problem if not."""
+    from pathlib import Path
+
+    target = Path(path)
+    if target.is_dir():
+        _usage_error(f"-o {path} is a folder; name a file in it, e.g. -o "
+                     f"{target / 'NAME'}{target.suffix or ''}")
+    if not make_folder and not target.parent.is_dir():
+        _usage_error(f"-o {path}: the folder {target.parent} does not exist")
+    return path
 
 
 def _usage_error(message: str):
@@ -271,6 +285,7 @@ def run_train(args, context: dict) -> int:
     from pathlib import Path
 
     from cnndsl import checkpoint
+    from cnndsl.memory import check_fits
     from cnndsl.model import Model
     from cnndsl.parser import parse
     from cnndsl.train import Interrupted, Trainer, metrics_paths
@@ -289,7 +304,7 @@ def run_train(args, context: dict) -> int:
                 _usage_error(f"--{flag.replace('_', '-')}: {error}")
     if args.limit is not None and args.limit < 0:
         _usage_error(f"--limit must be 0 (all) or a number of images, got {args.limit}")
-    out = args.output or f"{Path(args.file).stem}.npz"
+    out = _output_file(args.output or f"{Path(args.file).stem}.npz", make_folder=True)
     if Path(out).exists() and not (args.resume or args.overwrite):
         print(f"cnndsl: error: '{out}' exists; it may hold a run's weights\n"
               "hint: --resume continues it, --overwrite starts afresh, -o names another file",
@@ -345,6 +360,9 @@ def run_train(args, context: dict) -> int:
         for change in changes:
             print(f"cnndsl: note: {change['setting']} changed from {change['from']} to "
                   f"{change['to']} (recorded in the metrics)", file=sys.stderr)
+    # activations that cannot fit are refused now, with their size, not as MemoryError
+    check_fits(model.graph, model.dtype.itemsize, min(config.batch, max(1, len(x_tr))),
+               train=True)
     held_out = f", {len(x_val):,} held out" if len(x_val) else ", no validation split"
     print(f"training {model.name} ({model.num_params:,} parameters) on "
           f"{data.dataset.source}{limited}: {len(x_tr):,} images{held_out}, "
@@ -477,7 +495,7 @@ def _compile_kernels(model, batch: int, train: bool, bar: bool = True) -> None:
     def report(done: int, total: int, name: str | None) -> None:
         if done == 0:
             state["start"] = time.perf_counter()
-            print(f"compiling {total} kernels for this machine (first run only; cached "
+            print(f"compiling {total} kernel{'s' if total != 1 else ''} for this machine (first run only; cached "
                   "for the next runs) ...", file=sys.stderr, flush=True)
             if bar and sys.stderr.isatty():
                 from tqdm import tqdm
@@ -491,7 +509,7 @@ def _compile_kernels(model, batch: int, train: bool, bar: bool = True) -> None:
         if done == total:
             if "bar" in state:
                 state["bar"].close()
-            print(f"compiled {total} kernels in {time.perf_counter() - state['start']:.1f} s",
+            print(f"compiled {total} kernel{'s' if total != 1 else ''} in {time.perf_counter() - state['start']:.1f} s",
                   file=sys.stderr, flush=True)
 
     prepare(model, batch, report=report, train=train)
@@ -528,6 +546,7 @@ def run_eval(args, context: dict) -> int:
     import numpy as np
 
     from cnndsl.data import check_against, load_dataset
+    from cnndsl.memory import check_fits
     from cnndsl.report import confusion_matrix, format_evaluation, plot_confusion
     from cnndsl.train import predict_proba
 
@@ -535,6 +554,7 @@ def run_eval(args, context: dict) -> int:
     model, meta = _trained_model(args, args.weights)
     data = load_dataset(args.data or meta.get("data") or "fashion-mnist")
     check_against(data, model.input_shape, model.output_shape)
+    check_fits(model.graph, model.dtype.itemsize, min(500, max(1, len(data.x_test))))
     _compile_kernels(model, 500, train=False)
     probs = np.concatenate([predict_proba(model, data.x_test[i:i + 500])
                             for i in range(0, len(data.x_test), 500)])
@@ -551,6 +571,7 @@ def run_predict(args, context: dict) -> int:
     import numpy as np
 
     from cnndsl.data import load_images
+    from cnndsl.memory import check_fits
     from cnndsl.train import predict_proba
 
     context["path"] = args.file
@@ -558,6 +579,7 @@ def run_predict(args, context: dict) -> int:
     images, notes = load_images(args.images, model.input_shape)
     for note in notes:
         print(f"cnndsl: note: {note}", file=sys.stderr)
+    check_fits(model.graph, model.dtype.itemsize, len(images))
     _compile_kernels(model, len(images), train=False)
     probs = predict_proba(model, images)
     classes = meta.get("classes") or [str(i) for i in range(probs.shape[1])]
@@ -581,7 +603,7 @@ def run_export(args, context: dict) -> int:
         arrays, meta = checkpoint.load(args.weights)
         checkpoint.restore_model(model, arrays, meta, args.weights, args.force, _warn)
     suffix = ".onnx" if args.to == "onnx" else ".py"
-    out = args.output or f"{Path(args.file).stem}{suffix}"
+    out = _output_file(args.output or f"{Path(args.file).stem}{suffix}")
     try:
         if args.to == "onnx":
             from cnndsl.export.onnx import to_onnx
@@ -628,8 +650,15 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("cnndsl: interrupted", file=sys.stderr)
         return 130
+    except MemoryError:
+        print("cnndsl: error: out of memory\nhint: a smaller --batch, a smaller network, or "
+              "--limit for a quick run", file=sys.stderr)
+        return 1
     except BrokenPipeError:
         return 0
+    except OSError as error:  # the machine's, not cnndsl's: a full disk, a read-only folder
+        print(_os_error(error), file=sys.stderr)
+        return 1
     except Exception as error:  # a bug in cnndsl, not in the user's file
         if os.environ.get("CNNDSL_DEBUG"):
             raise
@@ -637,6 +666,21 @@ def main(argv: list[str] | None = None) -> int:
               "This is a bug in cnndsl; please report it with the file that caused it "
               "(CNNDSL_DEBUG=1 shows the traceback).", file=sys.stderr)
         return 3
+
+
+def _os_error(error: OSError) -> str:
+    """`cnndsl: error: cannot write 'out.png': No space left on device` and a hint."""
+    import errno
+
+    where = f" '{error.filename}'" if error.filename else ""
+    text = f"cnndsl: error: cannot use{where}: {error.strerror or error}"
+    hints = {errno.ENOSPC: "the disk is full: free some space or write elsewhere (-o)",
+             errno.EACCES: "you may not write there: choose another folder (-o)",
+             errno.EROFS: "the file system is read-only: write elsewhere (-o)",
+             errno.EISDIR: "that is a folder: name a file (-o FOLDER/NAME)",
+             errno.ENOENT: "the folder does not exist: create it or choose another"}
+    hint = hints.get(error.errno)
+    return text + (f"\nhint: {hint}" if hint else "")
 
 
 def _source_for(path: str | None) -> str | None:

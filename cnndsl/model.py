@@ -18,6 +18,7 @@ from functools import partial
 import networkx as nx
 import numpy as np
 
+from cnndsl.memory import check_fits
 from cnndsl.ops import OPS, Ctx
 from cnndsl.parallel import SMALL_NET_MACS, ShardGroup, run_sharded, shard_bounds, shard_count
 
@@ -66,6 +67,8 @@ class Model:
         self.backend = backend
         #: cut batches across threads when that is exact (see `_shards`); False: never
         self.data_parallel = True
+        # a network whose weights cannot fit is refused with its size, not a MemoryError
+        check_fits(graph, self.dtype.itemsize)
         _keep_freed_memory()
         self._params: dict[str, np.ndarray] = {}
         self._buffers: dict[str, np.ndarray] = {}

@@ -38,25 +38,46 @@ from cnndsl.export import ExportError, Layer, as_float32, layers
 MIN_OPSET = 13  # Softmax over one axis (before 13 it flattened the trailing axes)
 
 
+#: protobuf cannot hold a message over 2 GiB: larger weights go to a file beside the model
+EXTERNAL_DATA_BYTES = 1 << 30
+
+
 def to_onnx(model, path, opset: int = 17) -> None:
     """Write `model` as an ONNX file at `path`, checked by onnx.checker first.
 
-    The file is written under a temporary name and renamed once complete, so a failure
-    (an ExportError, a checker error) never leaves a file at `path`."""
+    Weights over EXTERNAL_DATA_BYTES go to `path.data` beside it (ONNX external data;
+    ONNX Runtime and Netron read it from there). The files are written in a temporary folder
+    beside `path` and moved into place once complete and checked, so a failure (an
+    ExportError, a checker error, a full disk) never leaves a file at `path`."""
+    import shutil
+    import tempfile
+
     onnx = _import_onnx()
-    data = build_onnx(model, opset).SerializeToString()
-    onnx.checker.check_model(data, full_check=True)  # raises: nothing is written
+    proto = build_onnx(model, opset)
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = target.with_name(f".{target.name}.tmp")
+    external = sum(a.nbytes for a in model.parameters().values()) + \
+        sum(a.nbytes for a in model.buffers().values()) > EXTERNAL_DATA_BYTES
+    folder = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
-        with open(temporary, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, target)
+        staged = folder / target.name
+        if external:
+            onnx.save_model(proto, str(staged), save_as_external_data=True,
+                            all_tensors_to_one_file=True, location=f"{target.name}.data",
+                            size_threshold=0)
+            onnx.checker.check_model(str(staged), full_check=True)  # reads the data file
+        else:
+            data = proto.SerializeToString()
+            onnx.checker.check_model(data, full_check=True)  # raises: nothing is written
+            with open(staged, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+        if external:
+            os.replace(folder / f"{target.name}.data", target.with_name(f"{target.name}.data"))
+        os.replace(staged, target)
     finally:
-        temporary.unlink(missing_ok=True)
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def build_onnx(model, opset: int = 17):
