@@ -572,6 +572,7 @@ def run_predict(args, context: dict) -> int:
 
     from cnndsl.data import load_images
     from cnndsl.memory import check_fits
+    from cnndsl.source import printable
     from cnndsl.train import predict_proba
 
     context["path"] = args.file
@@ -585,8 +586,8 @@ def run_predict(args, context: dict) -> int:
     classes = meta.get("classes") or [str(i) for i in range(probs.shape[1])]
     for path, row in zip(args.images, probs):
         best = np.argsort(-row)[:max(1, args.top)]
-        shown = ", ".join(f"{_class_name(classes, k)} {row[k]:.3f}" for k in best)
-        print(f"{path}: {shown}")
+        shown = ", ".join(f"{printable(_class_name(classes, k))} {row[k]:.3f}" for k in best)
+        print(f"{printable(path)}: {shown}")  # never a terminal escape from a file
     return 0
 
 
@@ -627,7 +628,7 @@ def run_export(args, context: dict) -> int:
 
 
 def _class_name(classes, index) -> str:
-    return classes[index] if index < len(classes) else f"output {index}"
+    return str(classes[index]) if index < len(classes) else f"output {index}"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,15 +21,18 @@ import gzip
 import hashlib
 import os
 import struct
+import warnings
 import zipfile
 import zlib
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from .errors import CnnDslError, did_you_mean
+from .source import NotRegularFile, file_kind, open_regular, printable
 
 FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
@@ -47,6 +50,11 @@ IDX_HINT = ("an MNIST-format folder holds train-images-idx3-ubyte, train-labels-
             "t10k-images-idx3-ubyte and t10k-labels-idx1-ubyte (each may be gzipped)")
 FOLDER_HINT = ("put the images in one folder per class, DIR/<class>/*.png, or in "
                "DIR/train/<class>/ and DIR/test/<class>/")
+# what a file can legitimately hold, checked before anything is allocated: a small file must
+# not become gigabytes (a gzip or zip bomb, a header declaring 10^12 elements, label 10^9)
+MAX_CLASSES = 100_000
+MAX_ARRAY_BYTES = 2**31           # one IDX body or .npz array, uncompressed
+MAX_DATASET_PIXELS = 4096 * 4096  # one image of an image-folder dataset
 
 
 class DataError(CnnDslError):
@@ -54,7 +62,9 @@ class DataError(CnnDslError):
     what to do. `path` is the offending file or folder when there is one."""
 
     def __init__(self, message: str, hint: str | None = None, path: str | os.PathLike | None = None):
-        super().__init__(message, None, hint)
+        # file and class names come from the user's files: no raw terminal escapes
+        super().__init__(printable(message, keep="\n"),
+                         None, None if hint is None else printable(hint, keep="\n"))
         self.path = None if path is None else str(path)
 
 
@@ -83,6 +93,9 @@ class Dataset:
 
 def load_dataset(spec: str | os.PathLike) -> Dataset:
     """A dataset from a name, an IDX folder, an .npz file or a folder of class folders."""
+    if not isinstance(spec, (str, os.PathLike)):   # e.g. a weights file's metadata
+        raise DataError(f"a dataset is named by a string, not {type(spec).__name__} "
+                        f"{str(spec)[:60]}")
     text = os.fspath(spec)
     key = ALIASES.get(text.strip().lower().replace("_", "-"))
     if key and not _looks_like_path(text):
@@ -94,6 +107,9 @@ def load_dataset(spec: str | os.PathLike) -> Dataset:
         return _load_image_folder(path)
     if path.is_file():
         return _load_npz(path)
+    if path.exists():   # a FIFO, a device, a socket: reading it would block or never end
+        raise DataError(f"{text}: cannot read it: {_kind(path)}, not a regular file",
+                        hint="give an .npz file or a folder", path=text)
     if _looks_like_path(text) or path.suffix:
         raise DataError(f"{text}: no such file or folder", path=text)
     hint = did_you_mean(text, KNOWN, "a dataset name")
@@ -101,6 +117,23 @@ def load_dataset(spec: str | os.PathLike) -> Dataset:
                     f"({', '.join(KNOWN)})",
                     hint=hint or "give a dataset name, a folder of IDX files or of class "
                                  "folders, or an .npz file", path=text)
+
+
+def _kind(path: Path) -> str:
+    return f"it is {file_kind(path.stat().st_mode)}"
+
+
+@contextmanager
+def _opened(path: Path):
+    """The regular file at path, opened for binary reading; DataError otherwise."""
+    try:
+        handle = open_regular(path)
+    except NotRegularFile as e:
+        raise DataError(f"{path}: cannot read it: {e.strerror}", path=path) from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot read it ({e.strerror or e})", path=path) from None
+    with handle:
+        yield handle
 
 
 def _looks_like_path(text: str) -> bool:
@@ -149,7 +182,7 @@ def _idx_files(folder: Path) -> dict[str, Path | None]:
     for split, aliases in (("train", ("train",)), ("t10k", ("t10k", "test"))):
         for kind in ("images", "labels"):
             hits = [folder / n for a in aliases for n in _idx_names(a, kind)
-                    if (folder / n).is_file()]
+                    if (folder / n).exists() and not (folder / n).is_dir()]
             found[f"{split}-{kind}"] = hits[0] if hits else None
     return found
 
@@ -191,10 +224,33 @@ def _idx_pair(images: Path, labels: Path) -> tuple[np.ndarray, np.ndarray]:
 
 def read_idx(path: Path, ndim: int) -> np.ndarray:
     """The uint8 array of an IDX file (gzipped or raw): magic 0x0000080<ndim>, then ndim
-    big-endian uint32 sizes, then the bytes. ndim=3: images (N, H, W); ndim=1: labels (N,)."""
-    raw = _read_bytes(path)
+    big-endian uint32 sizes, then the bytes. ndim=3: images (N, H, W); ndim=1: labels (N,).
+    Reads the header first and then exactly the bytes it declares (at most MAX_ARRAY_BYTES),
+    streaming, so a gzip bomb is refused after a few bytes more than the header allows."""
     what = "image" if ndim == 3 else "label"
     hint = f"{path.name} should be an IDX {what} file; " + IDX_HINT
+    with _opened(path) as handle:
+        zipped = handle.read(2) == b"\x1f\x8b"
+        handle.seek(0)
+        stream = gzip.GzipFile(fileobj=handle, mode="rb") if zipped else handle
+        try:
+            return _read_idx(stream, path, ndim, what, hint,
+                             None if zipped else os.fstat(handle.fileno()).st_size)
+        except EOFError:
+            reason = "the compressed data end early (truncated)"
+        except (OSError, zlib.error) as e:
+            if not zipped:
+                raise DataError(f"{path}: cannot read it ({e})", path=path) from None
+            reason = f"corrupt gzip data: {e}"
+    raise DataError(f"{path}: cannot decompress it: {reason}",
+                    hint="download the file again", path=path)
+
+
+def _read_idx(stream, path: Path, ndim: int, what: str, hint: str,
+              file_size: int | None) -> np.ndarray:
+    """read_idx on an open stream; file_size is None when the stream is gunzipped."""
+    header = 4 + 4 * ndim
+    raw = _read_exactly(stream, header).tobytes()
     if len(raw) < 4:
         raise DataError(f"{path}: only {len(raw)} bytes, too short for an IDX file",
                         hint=hint, path=path)
@@ -203,43 +259,56 @@ def read_idx(path: Path, ndim: int) -> np.ndarray:
         other = {0x801: " (that of a label file)", 0x803: " (that of an image file)"}
         raise DataError(f"{path}: magic number 0x{magic:08X}{other.get(magic, '')}, expected "
                         f"0x{want:08X} for an IDX {what} file", hint=hint, path=path)
-    header = 4 + 4 * ndim
     if len(raw) < header:
         raise DataError(f"{path}: truncated inside its header ({len(raw)} of {header} bytes)",
                         hint=hint, path=path)
     dims = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
-    size = int(np.prod(dims, dtype=np.int64))
-    body = len(raw) - header
+    described = " x ".join(map(str, dims))
+    size = 1
+    for d in dims:
+        size *= d
+    if size > MAX_ARRAY_BYTES:
+        raise DataError(f"{path}: its header declares {described} = {size:,} bytes of data, "
+                        f"more than the {_gb(MAX_ARRAY_BYTES)} cnndsl reads from one file",
+                        hint="the header is corrupt, or the data set is too large; "
+                             "download the file again", path=path)
+    if file_size is not None and file_size - header != size:
+        body = file_size - header   # a raw file: its size tells, nothing read yet
+    else:
+        data = _read_exactly(stream, size)
+        body = len(data)
+        if body == size:
+            extra = len(_read_exactly(stream, 2**20 + 1))
+            body += extra
     if body < size:
-        raise DataError(f"{path}: truncated: its header says {' x '.join(map(str, dims))} "
+        raise DataError(f"{path}: truncated: its header says {described} "
                         f"({size} bytes of data) but it holds {body}",
                         hint="download the file again", path=path)
     if body > size:
-        raise DataError(f"{path}: {body - size} unexpected bytes after the "
-                        f"{' x '.join(map(str, dims))} its header describes",
-                        hint="download the file again", path=path)
+        more = body - size
+        count = f"more than {2**20:,}" if file_size is None and more > 2**20 else str(more)
+        raise DataError(f"{path}: {count} unexpected bytes after the {described} its header "
+                        "describes", hint="download the file again", path=path)
     if 0 in dims:
-        raise DataError(f"{path}: holds no {what}s (its header says "
-                        f"{' x '.join(map(str, dims))})", hint=hint, path=path)
-    return np.frombuffer(raw, np.uint8, count=size, offset=header).reshape(dims)
+        raise DataError(f"{path}: holds no {what}s (its header says {described})",
+                        hint=hint, path=path)
+    return data.reshape(dims)
 
 
-def _read_bytes(path: Path) -> bytes:
-    """The file's bytes, gunzipped when it starts with the gzip magic (whatever its name)."""
-    try:
-        raw = path.read_bytes()
-    except OSError as e:
-        raise DataError(f"{path}: cannot read it ({e.strerror or e})", path=path) from None
-    if raw[:2] != b"\x1f\x8b":
-        return raw
-    try:
-        return gzip.decompress(raw)
-    except EOFError:
-        reason = "the compressed data end early (truncated)"
-    except (OSError, zlib.error) as e:
-        reason = f"corrupt gzip data: {e}"
-    raise DataError(f"{path}: cannot decompress it: {reason}",
-                    hint="download the file again", path=path)
+def _read_exactly(stream, n: int) -> np.ndarray:
+    """The next n bytes of stream as uint8 (fewer at its end), read into one buffer."""
+    out = np.empty(n, np.uint8)   # pages are touched only as data arrive
+    view, got = memoryview(out), 0
+    while got < n:
+        k = stream.readinto(view[got:got + 2**24])
+        if not k:
+            break
+        got += k
+    return out[:got]
+
+
+def _gb(n: int) -> str:
+    return f"{n / 2**30:g} GB"
 
 
 def _check_labels(y: np.ndarray, k: int, path, owner: str, key: str = "") -> None:
@@ -271,27 +340,24 @@ _NPZ_ERRORS = (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib
 
 
 def _load_npz(path: Path) -> Dataset:
-    try:
-        archive = np.load(path, allow_pickle=False)
-    except _NPZ_ERRORS as e:
-        raise DataError(f"{path}: not a readable .npz file ({_reason(e)})",
-                        hint=NPZ_HINT, path=path) from None
-    if not isinstance(archive, np.lib.npyio.NpzFile):
-        raise DataError(f"{path}: holds a single array, not the arrays {', '.join(NPZ_KEYS)}",
-                        hint=NPZ_HINT, path=path)
-    with archive:
-        missing = [k for k in NPZ_KEYS if k not in archive.files]
-        if missing:
-            raise DataError(f"{path}: missing the array(s) {', '.join(missing)} (it holds "
-                            f"{', '.join(archive.files) or 'nothing'})", hint=NPZ_HINT, path=path)
-        arrays = {}
-        for k in NPZ_KEYS + (("classes",) if "classes" in archive.files else ()):
-            try:
-                arrays[k] = archive[k]
-            except _NPZ_ERRORS as e:
-                raise DataError(f"{path}: cannot read its array '{k}' ({_reason(e)})",
-                                hint="the file is corrupt or truncated; save it again",
-                                path=path) from None
+    with _opened(path) as handle:
+        if handle.read(6) == b"\x93NUMPY":
+            raise DataError(f"{path}: holds a single array, not the arrays "
+                            f"{', '.join(NPZ_KEYS)}", hint=NPZ_HINT, path=path)
+        handle.seek(0)
+        try:
+            archive = zipfile.ZipFile(handle)
+        except _NPZ_ERRORS as e:
+            raise DataError(f"{path}: not a readable .npz file ({_reason(e)})",
+                            hint=NPZ_HINT, path=path) from None
+        with archive:
+            members = {i.filename.removesuffix(".npy"): i for i in archive.infolist()}
+            missing = [k for k in NPZ_KEYS if k not in members]
+            if missing:
+                raise DataError(f"{path}: missing the array(s) {', '.join(missing)} (it holds "
+                                f"{', '.join(members) or 'nothing'})", hint=NPZ_HINT, path=path)
+            arrays = {k: _npz_member(archive, members[k], k, path)
+                      for k in NPZ_KEYS + (("classes",) if "classes" in members else ())}
     notes: list[str] = []
     x_train = _npz_images(arrays["x_train"], "x_train", path, notes)
     x_test = _npz_images(arrays["x_test"], "x_test", path, notes)
@@ -308,12 +374,82 @@ def _load_npz(path: Path) -> Dataset:
             raise DataError(f"{path}: 'classes' must be a 1-D array of strings, not "
                             f"{c.dtype} {c.shape}", hint="np.savez(..., classes=np.array(names))",
                             path=path)
-        classes = [v.decode() if isinstance(v, bytes) else str(v) for v in c.tolist()]
+        if len(c) > MAX_CLASSES:
+            raise DataError(f"{path}: 'classes' names {len(c):,} classes; cnndsl handles at "
+                            f"most {MAX_CLASSES:,}", path=path)
+        classes = [printable(v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v))
+                   for v in c.tolist()]
         for y, k in ((y_train, "y_train"), (y_test, "y_test")):
             _check_labels(y, len(classes), path, "its 'classes' array", k)
     else:
         classes = [f"class {i}" for i in range(top + 1)]
     return Dataset(x_train, y_train, x_test, y_test, classes, str(path), path.name, notes)
+
+
+def _npz_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, key: str,
+                path: Path) -> np.ndarray:
+    """One array of an .npz, its .npy header checked before any data are read: a plain
+    dtype (never object, structured, complex or datetime), a size within MAX_ARRAY_BYTES
+    that the zip member really holds. zipfile stops decompressing at the member's declared
+    size, so a member that inflates to more is cut off there (and fails its CRC)."""
+    where = f"{path}: array '{key}'"
+    if info.file_size > MAX_ARRAY_BYTES + 2**16:
+        raise DataError(f"{where} declares {info.file_size:,} bytes uncompressed, more than "
+                        f"the {_gb(MAX_ARRAY_BYTES)} cnndsl reads for one array",
+                        hint="the file is corrupt, or the data set is too large", path=path)
+    try:
+        with archive.open(info) as member:
+            version = np.lib.format.read_magic(member)
+            read_header = {(1, 0): np.lib.format.read_array_header_1_0,
+                           (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+            if read_header is None:   # version 3.0: utf-8 field names, same layout
+                shape, fortran, dtype = np.lib.format._read_array_header(member, version)
+            else:
+                shape, fortran, dtype = read_header(member)
+            _check_npy_dtype(dtype, where, key, path)
+            if dtype.itemsize == 0:
+                raise DataError(f"{where} has dtype {dtype}, of zero bytes per element",
+                                hint=NPZ_HINT, path=path)
+            count = 1
+            for d in shape:
+                count *= d
+            nbytes = count * dtype.itemsize
+            if nbytes > MAX_ARRAY_BYTES:
+                raise DataError(f"{where} declares shape {shape} of {dtype}, {nbytes:,} bytes, "
+                                f"more than the {_gb(MAX_ARRAY_BYTES)} cnndsl reads for one "
+                                "array", hint="the file is corrupt, or the data set is too "
+                                              "large", path=path)
+            held = info.file_size - member.tell()
+            if nbytes != held:
+                raise DataError(f"{where} declares shape {shape} of {dtype} ({nbytes:,} bytes) "
+                                f"but its member holds {held:,} bytes of data",
+                                hint="the file is corrupt or truncated; save it again",
+                                path=path)
+            data = _read_exactly(member, nbytes)
+            member.read(1)   # reaches the end of the member, where zipfile checks the CRC
+    except DataError:
+        raise
+    except _NPZ_ERRORS as e:
+        raise DataError(f"{path}: cannot read its array '{key}' ({_reason(e)})",
+                        hint="the file is corrupt or truncated; save it again",
+                        path=path) from None
+    if len(data) != nbytes:
+        raise DataError(f"{path}: cannot read its array '{key}' (it ends early)",
+                        hint="the file is corrupt or truncated; save it again", path=path)
+    return data.view(dtype).reshape(shape, order="F" if fortran else "C")
+
+
+def _check_npy_dtype(dtype: np.dtype, where: str, key: str, path: Path) -> None:
+    kinds = {"O": "object (pickled Python objects, never loaded)",
+             "V": "structured or raw bytes", "c": "complex", "M": "datetime",
+             "m": "timedelta"}
+    if dtype.hasobject or dtype.fields is not None or dtype.kind in kinds:
+        kind = "object (pickled Python objects, never loaded)" if dtype.hasobject \
+            else kinds.get(dtype.kind, "structured")
+        wanted = "strings" if key == "classes" else "integers" if key.startswith("y") \
+            else "uint8 or float pixels"
+        raise DataError(f"{where} has dtype {dtype}, which is {kind}; expected {wanted}",
+                        hint=NPZ_HINT, path=path)
 
 
 def _reason(e: BaseException) -> str:
@@ -369,19 +505,26 @@ def _npz_labels(y: np.ndarray, key: str, n: int, path: Path) -> np.ndarray:
                         f"shape ({n},)",
                         hint=f"for one-hot labels save np.argmax({key}, axis=1)", path=path)
     if y.dtype.kind == "f" and np.isfinite(y).all() and (y == np.round(y)).all():
-        y = y.astype(np.int64)
-    if y.dtype.kind not in "uib":
+        y = y.astype(np.float64)   # integral floats: checked as numbers, then cast
+    elif y.dtype.kind not in "uib":
         raise DataError(f"{where} has dtype {y.dtype}; expected integer class indices",
                         hint="save the labels as integers 0..K-1", path=path)
     if len(y) != n:
         x_key = key.replace("y_", "x_")
         raise DataError(f"{path}: {x_key} holds {n} examples but {key} holds {len(y)} labels",
                         hint="each image needs exactly one label", path=path)
-    y = y.astype(np.int64)
-    if (y < 0).any():
-        raise DataError(f"{where} holds a negative label ({int(y.min())})",
-                        hint="labels are class indices 0..K-1", path=path)
-    return y
+    if len(y):   # the true values, before a cast can wrap 2^64-1 to -1
+        lo, hi = int(y.min()), int(y.max())
+        if lo < 0:
+            raise DataError(f"{where} holds a negative label ({lo}, example "
+                            f"{int(np.argmin(y))})",
+                            hint="labels are class indices 0..K-1", path=path)
+        if hi >= MAX_CLASSES:
+            raise DataError(f"{where} holds the label {hi} (example {int(np.argmax(y))}), "
+                            f"but cnndsl handles at most {MAX_CLASSES:,} classes (labels "
+                            f"0..{MAX_CLASSES - 1})",
+                            hint="labels are class indices 0..K-1, one per class", path=path)
+    return y.astype(np.int64)
 
 
 # ---------------------------------------------------------------------------- image folders
@@ -389,13 +532,14 @@ def _npz_labels(y: np.ndarray, key: str, n: int, path: Path) -> np.ndarray:
 def _load_image_folder(root: Path) -> Dataset:
     subdirs = {p.name.lower(): p for p in _subdirs(root)}
     notes: list[str] = []
+    links = _Links(root, notes)
     if "train" in subdirs:
         train_dir, test_dir = subdirs["train"], subdirs.get("test")
-        classes = [p.name for p in _subdirs(train_dir)]
+        classes = [p.name for p in links.class_dirs(train_dir)]
         if not classes:
             raise DataError(f"{train_dir}: no class folders in it", hint=FOLDER_HINT,
                             path=train_dir)
-        train = _scan_classes(train_dir, classes, notes, allow_empty=False)
+        train = _scan_classes(train_dir, classes, notes, links, allow_empty=False)
         if test_dir is not None:
             extra = sorted({p.name for p in _subdirs(test_dir)} - set(classes))
             if extra:
@@ -403,23 +547,23 @@ def _load_image_folder(root: Path) -> Dataset:
                                 f"counterpart in {train_dir}",
                                 hint="the test classes must be among the training classes",
                                 path=test_dir)
-            test = _scan_classes(test_dir, classes, notes, allow_empty=True)
+            test = _scan_classes(test_dir, classes, notes, links, allow_empty=True)
             if not test:
                 raise DataError(f"{test_dir}: no images in it", hint=FOLDER_HINT, path=test_dir)
         else:
             train, test = _hold_out(train, root, notes)
     else:
-        classes = [p.name for p in _subdirs(root)]
+        classes = [p.name for p in links.class_dirs(root)]
         if not classes:
             raise DataError(f"{root}: holds neither MNIST-format IDX files nor class folders",
                             hint=FOLDER_HINT + "; or " + IDX_HINT, path=root)
-        train, test = _hold_out(_scan_classes(root, classes, notes, allow_empty=False),
+        train, test = _hold_out(_scan_classes(root, classes, notes, links, allow_empty=False),
                                 root, notes)
     channels, (h, w) = _survey([p for p, _ in train + test])
     x_train, x_test = (_read_all([p for p, _ in part], h, w, channels) for part in (train, test))
     y_train, y_test = (np.array([c for _, c in part], np.int64) for part in (train, test))
-    return Dataset(x_train, y_train, x_test, y_test, classes, str(root),
-                   root.name or str(root), notes)
+    return Dataset(x_train, y_train, x_test, y_test, [printable(c) for c in classes],
+                   str(root), root.name or str(root), notes)
 
 
 def _subdirs(folder: Path) -> list[Path]:
@@ -427,27 +571,71 @@ def _subdirs(folder: Path) -> list[Path]:
                   key=lambda p: p.name)
 
 
-def _scan_classes(folder: Path, classes: list[str], notes: list[str],
+class _Links:
+    """Where class folders and images really are, so that a symbolic link neither reads
+    what lies outside the dataset nor one folder or file twice (under two labels)."""
+
+    def __init__(self, root: Path, notes: list[str]):
+        self.root, self.real_root, self.notes = root, root.resolve(), notes
+        self.seen: dict[Path, Path] = {}   # real path -> the path it was first read as
+
+    def class_dirs(self, folder: Path) -> list[Path]:
+        """The class folders of folder by name, real folders taking precedence over links."""
+        ordered = sorted(_subdirs(folder), key=lambda p: (p.is_symlink(), p.name))
+        return sorted((d for d in ordered if self.usable(d, note=True)), key=lambda p: p.name)
+
+    def usable(self, path: Path, note: bool) -> bool:
+        """False (with a note if asked) for a link outside the root or to a path seen."""
+        real = path.resolve()
+        if real != self.real_root and not real.is_relative_to(self.real_root):
+            if note:
+                self.notes.append(f"{path}: skipped: a link to {real}, outside {self.root}")
+            return False
+        first = self.seen.setdefault(real, path)
+        if first != path:
+            if note:
+                self.notes.append(f"{path}: skipped: a link to {first}, which is already read")
+            return False
+        return True
+
+
+def _scan_classes(folder: Path, classes: list[str], notes: list[str], links: _Links,
                   allow_empty: bool) -> list[tuple[Path, int]]:
     """(file, class index) for every image under folder/<class>/, in a stable order."""
-    items, ignored = [], Counter()
+    found, ignored = [], Counter()
     for ci, name in enumerate(classes):
         d = folder / name
-        files = [] if not d.is_dir() else sorted(
+        usable = d.is_dir() and links.usable(d, note=True)
+        files = [] if not usable else sorted(
             p for p in d.rglob("*")
             if p.is_file() and not any(part.startswith(".") for part in p.relative_to(d).parts))
         images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
         ignored.update(p.suffix.lower() or p.name for p in files
                        if p.suffix.lower() not in IMAGE_SUFFIXES)
-        if not images and not allow_empty:
+        found.append((d, name, ci, images))
+    # plain files first (rglob does not enter linked folders, so their real paths are known
+    # without a system call), then the links, which are dropped if they lead to one of them
+    for d, _, _, images in found:
+        real = d.resolve()
+        for p in images:
+            if not p.is_symlink():
+                links.seen.setdefault(real / p.relative_to(d), p)
+    items, linked = [], 0
+    for d, name, ci, images in found:
+        kept = [p for p in images if not p.is_symlink() or links.usable(p, note=False)]
+        linked += len(images) - len(kept)
+        if not kept and not allow_empty:
             raise DataError(f"{d}: class '{name}' has no images "
                             f"({', '.join(sorted(IMAGE_SUFFIXES))})",
                             hint="remove the folder or put images in it", path=d)
-        items += [(p, ci) for p in images]
+        items += [(p, ci) for p in kept]
     if ignored:
         kinds = ", ".join(sorted(ignored))
         notes.append(f"{folder}: ignored {sum(ignored.values())} file(s) that are not images "
                      f"({kinds})")
+    if linked:
+        notes.append(f"{folder}: skipped {linked} image(s) that are links to files outside "
+                     f"{links.root} or to images already read")
     return items
 
 
@@ -471,18 +659,49 @@ def _hold_out(items, root: Path, notes: list[str]):
     return train, test
 
 
+# what a damaged or hostile image file makes Pillow raise
+_IMAGE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, IndexError, struct.error)
+
+
+@contextmanager
+def _image(path: Path, max_pixels: int | None):
+    """Image.open on a regular file, refusing more than max_pixels (None: Pillow's own
+    limit) as a DataError: Pillow's DecompressionBombWarning becomes an error too."""
+    from PIL import Image
+
+    try:
+        handle = open_regular(path)
+    except NotRegularFile as e:
+        if e.kind == "a directory":
+            raise DataError(f"{path}: is a folder, not an image", path=path) from None
+        raise DataError(f"{path}: cannot read it: {e.strerror}",
+                        hint="give image files (PNG, JPEG, ...)", path=path) from None
+    with handle, warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            img = Image.open(handle)
+        except (Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
+            raise DataError(f"{path}: refused: it declares more pixels than an image cnndsl "
+                            f"reads ({e})", hint="resize the image", path=path) from None
+        with img:
+            if max_pixels is not None and img.width * img.height > max_pixels:
+                raise DataError(f"{path}: refused: it is {img.height}x{img.width} = "
+                                f"{img.width * img.height:,} pixels, more than the "
+                                f"{max_pixels:,} of a dataset image",
+                                hint="resize the images", path=path)
+            yield img
+
+
 def _survey(paths: list[Path]) -> tuple[int, tuple[int, int]]:
     """Channels (1 if every image is grayscale, else 3) and the one size (H, W) they share;
     reads only the headers."""
-    from PIL import Image
-
     sizes, colour = {}, False
     for p in paths:
         try:
-            with Image.open(p) as img:
+            with _image(p, MAX_DATASET_PIXELS) as img:
                 sizes[p] = (img.height, img.width)
                 colour = colour or not _is_gray(img.mode)
-        except (OSError, ValueError, Image.DecompressionBombError) as e:
+        except _IMAGE_ERRORS as e:
             raise DataError(f"{p}: not an image Pillow can read ({e})",
                             hint="remove or replace the file", path=p) from None
     (hw, count), = Counter(sizes.values()).most_common(1)
@@ -495,14 +714,12 @@ def _survey(paths: list[Path]) -> tuple[int, tuple[int, int]]:
 
 
 def _read_all(paths: list[Path], h: int, w: int, channels: int) -> np.ndarray:
-    from PIL import Image
-
     out = np.empty((len(paths), h, w, channels), np.float32)
     for i, p in enumerate(paths):
         try:
-            with Image.open(p) as img:
+            with _image(p, MAX_DATASET_PIXELS) as img:
                 out[i] = _pixels(img, channels)
-        except (OSError, ValueError, SyntaxError) as e:
+        except _IMAGE_ERRORS as e:
             raise DataError(f"{p}: cannot read the image ({e})",
                             hint="the file is corrupt or truncated; remove or replace it",
                             path=p) from None
@@ -556,7 +773,7 @@ def load_images(paths, input_shape) -> tuple[np.ndarray, list[str]]:
     notes = []
     for i, p in enumerate(map(Path, paths)):
         try:
-            with Image.open(p) as img:
+            with _image(p, None) as img:
                 img = ImageOps.exif_transpose(img)
                 gray = _is_gray(img.mode)
                 out[i] = _pixels(img, c, (h, w))
@@ -569,10 +786,10 @@ def load_images(paths, input_shape) -> tuple[np.ndarray, list[str]]:
             raise DataError(f"{p}: no such file", path=p) from None
         except IsADirectoryError:
             raise DataError(f"{p}: is a folder, not an image", path=p) from None
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        except _IMAGE_ERRORS + (Image.DecompressionBombError,) as e:
             raise DataError(f"{p}: not an image Pillow can read ({e})",
                             hint="give PNG or JPEG files", path=p) from None
-    return out, notes
+    return out, [printable(note) for note in notes]
 
 
 # ---------------------------------------------------------------------------- checks
@@ -621,7 +838,7 @@ def check_against(data: Dataset, input_shape: tuple, output_shape: tuple) -> lis
     if out[0] < k:
         raise DataError(f"the network has {_plural(out[0], 'output')} but {name} has {k} classes",
                         hint=f"make the last layer FC({k})")
-    warnings = list(data.notes)
+    warnings = [printable(note) for note in data.notes]   # they name the user's files
     if out[0] > k:
         warnings.append(f"the network has {out[0]} outputs but the data has {k} classes "
                         f"(outputs {k}..{out[0] - 1} are never a correct answer)")

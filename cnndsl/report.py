@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from cnndsl.source import printable
+
 
 def confusion_matrix(truth: np.ndarray, predicted: np.ndarray, classes: int) -> np.ndarray:
     """matrix[t, p] = how many examples of class t were predicted as p."""
@@ -14,6 +16,10 @@ def confusion_matrix(truth: np.ndarray, predicted: np.ndarray, classes: int) -> 
 
 
 def format_evaluation(matrix: np.ndarray, names: list, source: str = "") -> str:
+    """The report as text; class names and the source come from files, so their control
+    characters (terminal escapes) are shown escaped, \\x1b, never sent to the terminal."""
+    names = [printable(str(n)) for n in names]
+    source = printable(str(source))
     total = matrix.sum()
     correct = np.trace(matrix)
     lines = [f"accuracy {correct / total:.4f} ({correct:,} of {total:,} test images"
@@ -37,7 +43,7 @@ def plot_confusion(matrix: np.ndarray, names: list, path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = [str(n) for n in names] + [str(i) for i in range(len(names), matrix.shape[0])]
+    labels = [printable(str(n)) for n in names] + [str(i) for i in range(len(names), matrix.shape[0])]
     figure, axis = plt.subplots(figsize=(7, 6))
     shown = axis.imshow(matrix, cmap="Blues")
     axis.set_xticks(range(len(labels)), labels, rotation=45, ha="right")

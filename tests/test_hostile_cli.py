@@ -96,3 +96,17 @@ def test_onnx_weights_over_the_limit_go_to_external_data(tmp_path, monkeypatch):
     session = onnxruntime.InferenceSession(str(tmp_path / "net.onnx"))
     np.testing.assert_allclose(session.run(None, {"input": x})[0], model.forward(x),
                                rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--limit", "-59990"], "--limit must be 0 (all) or a number of images"),
+    (["--lr", "nan"], "--lr"),
+    (["--lr", "inf"], "--lr"),
+    (["--allow-changes"], "--allow-changes only applies with --resume"),
+])
+def test_bad_training_flags_are_refused_before_training(tmp_path, flags, message):
+    (tmp_path / "net.cnn").write_text("input 8x8x1\nConv(4, 3) -> FC(3)\n")
+    small_dataset(tmp_path / "d.npz")
+    status, out, err = cnndsl_cli("train", "net.cnn", "--data", "d.npz", *flags, cwd=tmp_path)
+    assert status == 2 and message in err and "epoch" not in out
+    assert not (tmp_path / "net.npz").exists()
