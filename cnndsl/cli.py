@@ -371,11 +371,11 @@ def run_train(args, context: dict) -> int:
     _compile_kernels(model, config.batch, train=True, bar=not args.no_progress)
     try:
         state = trainer.run()
-    except Interrupted:
+    except Interrupted as interrupt:
         print(f"\ninterrupted: saved to {out} (epoch {trainer.state.epoch + 1}, batch "
               f"{trainer.state.step}); continue with: cnndsl train {args.file} -o {out} "
               "--resume", file=sys.stderr)
-        return 130
+        return 128 + interrupt.signum  # 130 for Ctrl-C, 143 for SIGTERM, as shells report
     paths = metrics_paths(out)
     if state.test:
         print(f"test accuracy {state.test['accuracy']:.4f} (loss {state.test['loss']:.4f}) "

@@ -2,12 +2,43 @@
 
 `step(grads)` takes the name -> gradient dict of `Model.backward` / `loss_and_grads`.
 State (momentum buffers, Adam moments) is a name -> array dict, so it can be saved and
-restored exactly (`state_dict` / `load_state_dict`).
+restored exactly (`state_dict` / `load_state_dict`). Loading checks every array's shape
+and dtype against its parameter before changing anything: never a broadcast or a cast.
 """
 
 from __future__ import annotations
 
 import numpy as np
+
+
+class StateError(ValueError):
+    """Optimizer state that does not fit the parameters (the first difference)."""
+
+
+def _shape(shape) -> str:
+    return "x".join(str(s) for s in shape) if shape else "a scalar"
+
+
+def _checked_state(state: dict, slots: dict) -> int:
+    """The step count of `state`, after checking it holds an array like each of `slots`
+    (key -> the array it will be copied into). KeyError when none of the slots is there
+    (state of another optimizer), StateError naming the first other difference."""
+    steps = state["steps"]
+    if not (isinstance(steps, np.ndarray) and steps.shape == () and steps.dtype.kind in "iu"
+            and int(steps) >= 0):
+        raise StateError(f"'steps' must be a whole number >= 0, got {steps!r:.60}")
+    if slots and not any(key in state for key in slots):
+        raise KeyError(next(iter(slots)))
+    for key, slot in slots.items():
+        if key not in state:
+            raise StateError(f"it has no '{key}'")
+        array = state[key]
+        if not isinstance(array, np.ndarray) or array.shape != slot.shape:
+            shape = _shape(array.shape) if isinstance(array, np.ndarray) else type(array)
+            raise StateError(f"'{key}' is {shape} there but {_shape(slot.shape)} here")
+        if array.dtype != slot.dtype:
+            raise StateError(f"'{key}' is {array.dtype} there but {slot.dtype} here")
+    return int(steps)
 
 
 class SGD:
@@ -42,9 +73,10 @@ class SGD:
                 **{f"velocity/{name}": v for name, v in self.velocity.items()}}
 
     def load_state_dict(self, state: dict) -> None:
-        self.steps = int(state["steps"])
-        for name in self.velocity:
-            self.velocity[name][...] = state[f"velocity/{name}"]
+        slots = {f"velocity/{name}": v for name, v in self.velocity.items()}
+        self.steps = _checked_state(state, slots)
+        for key, slot in slots.items():
+            slot[...] = state[key]
 
 
 class Adam:
@@ -82,7 +114,8 @@ class Adam:
                 **{f"v/{n}": a for n, a in self.v.items()}}
 
     def load_state_dict(self, state: dict) -> None:
-        self.steps = int(state["steps"])
-        for name in self.m:
-            self.m[name][...] = state[f"m/{name}"]
-            self.v[name][...] = state[f"v/{name}"]
+        slots = {**{f"m/{n}": a for n, a in self.m.items()},
+                 **{f"v/{n}": a for n, a in self.v.items()}}
+        self.steps = _checked_state(state, slots)
+        for key, slot in slots.items():
+            slot[...] = state[key]

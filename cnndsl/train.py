@@ -2,15 +2,18 @@
 
 Reproducible: the epoch's shuffle comes from (seed, epoch), the dropout RNG state is
 saved with the weights, so `--resume` continues exactly where a run stopped (at an epoch
-boundary after a crash, or mid-epoch after Ctrl-C, which saves first).
+boundary after a crash, or mid-epoch after Ctrl-C or SIGTERM, which save first). A resumed
+file's progress, RNG state and optimizer state are checked against this run before use.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from cnndsl import checkpoint
-from cnndsl.optim import SGD, Adam
+from cnndsl.checkpoint import CheckpointError, bad_field
+from cnndsl.optim import SGD, Adam, StateError
 from cnndsl.trainconfig import TrainConfig
 
 EVAL_BATCH = 500
@@ -47,7 +51,12 @@ class Progress:
 
 
 class Interrupted(Exception):
-    """Ctrl-C during training; the checkpoint was saved."""
+    """Ctrl-C (SIGINT) or SIGTERM during training; the checkpoint was saved. `signum` is
+    the signal's number (the CLI exits 128 + signum, as a shell reports a signal)."""
+
+    def __init__(self, signum: int = signal.SIGINT):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = int(signum)
 
 
 def make_optimizer(config: TrainConfig, params: dict):
@@ -117,6 +126,8 @@ class Trainer:
         optimizer starts with fresh state."""
         if arrays is None or meta is None:
             arrays, meta = checkpoint.load(path)
+        state = self._checked_progress(meta, path)  # before anything is changed
+        rng = self._checked_rng(meta, path)
         checkpoint.restore_model(self.model, arrays, meta, path, force, warn)
         changes = changes or []
         if not any(change["setting"] == "optimizer" for change in changes):
@@ -125,18 +136,66 @@ class Trainer:
             try:
                 self.optimizer.load_state_dict(optim)
             except KeyError:
-                raise checkpoint.CheckpointError(
+                raise CheckpointError(
                     f"'{path}' was saved with another optimizer than {self.config.optimizer}",
                     hint="resume with the same --optimizer it was trained with") from None
-        progress = meta.get("progress", {})
-        self.state = Progress(**{k: progress[k] for k in Progress().as_dict() if k in progress})
+            except StateError as error:
+                raise CheckpointError(
+                    f"'{path}': its optimizer state does not fit this network: {error}",
+                    hint="it was not written for this network, or was tampered with; "
+                         "--allow-changes --optimizer OTHER starts a fresh state") from None
+        self.state = state
         self.state.changes = self.state.changes + [
             {"epoch": self.state.epoch, "step": self.state.step, **change} for change in changes]
-        self.model.ctx.rng.bit_generator.state = meta["rng"]
+        self.model.ctx.rng.bit_generator.state = rng
+
+    def _checked_progress(self, meta: dict, path: str) -> Progress:
+        """The saved progress, each field checked against this run (types were checked by
+        `checkpoint.load`): the step inside the epoch, the sums within what was seen."""
+        checkpoint.check_meta(meta, path)  # also when meta did not come from load()
+        progress = meta.get("progress") or {}
+        state = Progress(**{k: progress[k] for k in Progress().as_dict() if k in progress})
+        batches = max(1, -(-len(self.x_train) // self.config.batch))
+        if state.step >= batches:
+            raise bad_field(path, "progress.step", f"a batch of the epoch (0 to {batches - 1} "
+                            f"at batch {self.config.batch} on {len(self.x_train):,} images)",
+                            state.step)
+        if state.step and state.epoch >= self.config.epochs:
+            raise bad_field(path, "progress.epoch", f"below {self.config.epochs} (the run's "
+                            "epochs) when stopped mid-epoch", state.epoch)
+        if len(state.history) != state.epoch:
+            raise bad_field(path, "progress.history", f"one row per finished epoch "
+                            f"({state.epoch}), got {len(state.history)} rows")
+        if state.seen > state.step * self.config.batch:
+            raise bad_field(path, "progress.seen", f"at most {state.step * self.config.batch} "
+                            f"after {state.step} batches", state.seen)
+        if state.correct > state.seen:
+            raise bad_field(path, "progress.correct", f"at most progress.seen ({state.seen})",
+                            state.correct)
+        return state
+
+    def _checked_rng(self, meta: dict, path: str) -> dict:
+        """The saved dropout RNG state, tried on a fresh generator of the model's kind."""
+        generator = self.model.ctx.rng.bit_generator
+        rng = meta.get("rng")
+        try:
+            if not isinstance(rng, dict) or rng.get("bit_generator") != type(generator).__name__:
+                raise ValueError
+            type(generator)().state = rng
+        except (ValueError, TypeError, KeyError, OverflowError):
+            raise bad_field(path, "rng", f"the state of a {type(generator).__name__} "
+                            "generator", rng) from None
+        return rng
 
     # ---- the loop ------------------------------------------------------------------------
     def run(self) -> Progress:
-        previous = signal.signal(signal.SIGINT, self._on_interrupt)
+        """Train the remaining epochs. SIGINT (Ctrl-C) and SIGTERM (kill, a batch system's
+        time limit) finish the batch, save, and raise Interrupted; a second one stops at
+        once. Signal handlers can only be set in the main thread: elsewhere, none are."""
+        previous = {}
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                previous[signum] = signal.signal(signum, self._on_interrupt)
         try:
             while self.state.epoch < self.config.epochs:
                 self._epoch()
@@ -145,13 +204,14 @@ class Trainer:
                 self.save()
                 write_metrics(self.out, self.state)
         finally:
-            signal.signal(signal.SIGINT, previous)
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
         return self.state
 
     def _on_interrupt(self, signum, frame):
-        if self._stop:  # a second Ctrl-C: stop at once
+        if self._stop:  # a second signal: stop at once
             raise KeyboardInterrupt
-        self._stop = True
+        self._stop = signum
 
     def _epoch(self) -> None:
         config, state = self.config, self.state
@@ -165,7 +225,7 @@ class Trainer:
             if self._stop:
                 state.seconds = time.perf_counter() - started
                 self.save()
-                raise Interrupted()
+                raise Interrupted(self._stop)
             index = order[state.step * config.batch:(state.step + 1) * config.batch]
             loss, probs, grads = self.model.loss_and_grads(self.x_train[index],
                                                            self.y_train[index])
@@ -218,19 +278,27 @@ def metrics_paths(out: str) -> dict[str, Path]:
 
 
 def write_metrics(out: str, state: Progress) -> None:
-    """Per-epoch metrics as CSV and JSON, and loss/accuracy curves as PNG, beside `out`."""
+    """Per-epoch metrics as CSV and JSON, and loss/accuracy curves as PNG, beside `out`;
+    each written atomically (`checkpoint.write_atomically`: a full disk is a
+    CheckpointError and leaves the previous file)."""
     paths = metrics_paths(out)
     if state.history:
-        with open(paths["csv"], "w", newline="") as handle:
-            columns = list(dict.fromkeys(k for row in state.history for k in row))
-            writer = csv.DictWriter(handle, fieldnames=columns)
-            writer.writeheader()
-            writer.writerows(state.history)
+        columns = list(dict.fromkeys(k for row in state.history for k in row))
+        text = io.StringIO(newline="")
+        writer = csv.DictWriter(text, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(state.history)
+        checkpoint.write_atomically(paths["csv"], _writer(text.getvalue()), "metrics")
     document = {"epochs": state.history, "test": state.test}
     if state.changes:
         document["changes"] = state.changes
-    paths["json"].write_text(json.dumps(document, indent=2))
+    checkpoint.write_atomically(paths["json"], _writer(json.dumps(document, indent=2)),
+                                "metrics")
     plot_curves(state.history, paths["png"])
+
+
+def _writer(text: str):
+    return lambda handle: handle.write(text.encode("utf-8"))
 
 
 def plot_curves(history: list, path: Path) -> None:
@@ -256,5 +324,8 @@ def plot_curves(history: list, path: Path) -> None:
         axis.grid(alpha=0.3)
         axis.legend()
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    try:
+        checkpoint.write_atomically(path, lambda handle: figure.savefig(handle, format="png",
+                                                                       dpi=110), "curves")
+    finally:
+        plt.close(figure)
