@@ -65,7 +65,7 @@ class CnnDslError(Exception):
         return self
 
     def format(self, source: str | None = None, filename: str = "<input>") -> str:
-        lines = source.splitlines() if source is not None else []
+        lines = source_lines(source) if source is not None else []
         out = [_header(filename, self.span, f"error: {self.message}")]
         out += _excerpt(lines, self.span)
         for note, span in self.notes:
@@ -127,13 +127,38 @@ def _header(filename: str, span: Span | None, text: str) -> str:
     return f"{where}: {text}"
 
 
+def source_lines(source: str) -> list[str]:
+    """The lines as the parser counts them: split at '\n' only ('\f' is white space)."""
+    lines = source.split("\n")
+    if lines[-1] == "":
+        lines.pop()  # as str.splitlines(): no line after the last line break
+    return [line.removesuffix("\r") for line in lines]
+
+
+EXCERPT_WIDTH = 200  # a longer source line is shown as a window around the caret
+
+
 def _excerpt(lines: list[str], span: Span | None) -> list[str]:
     if span is None or not (1 <= span.line <= len(lines)):
         return []
     text = lines[span.line - 1]
     end = span.end_col if span.end_line == span.line else len(text) + 1
     width = max(1, min(end, len(text) + 1) - span.col)
+    if len(text) > EXCERPT_WIDTH:
+        text, span, width = _window(text, span, width)
     # keep tabs in the caret line so the caret lines up under the text
     pad = "".join(ch if ch == "\t" else " " for ch in text[: span.col - 1])
     gutter = str(span.line)
     return [f" {gutter} | {text}", f" {' ' * len(gutter)} | {pad}{'^' * width}"]
+
+
+def _window(text: str, span: Span, width: int) -> tuple[str, Span, int]:
+    """About EXCERPT_WIDTH characters of `text` around the caret, '…' where it is cut."""
+    width = min(width, EXCERPT_WIDTH // 2)
+    start = max(0, span.col - 1 - EXCERPT_WIDTH // 4)
+    stop = min(len(text), start + EXCERPT_WIDTH)
+    start = max(0, min(start, stop - EXCERPT_WIDTH))
+    head = "…" if start > 0 else ""
+    tail = "…" if stop < len(text) else ""
+    col = span.col - start + len(head)
+    return head + text[start:stop] + tail, Span.at(span.line, col, width), width

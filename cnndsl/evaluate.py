@@ -6,10 +6,15 @@ ints. `true`, `false`, `same`, `valid` and `full` are reserved words, not bindin
 
 from __future__ import annotations
 
+import math
+
 from cnndsl import ast
 from cnndsl.errors import BindingError, CnnDslError, did_you_mean
 
 RESERVED = {"true": True, "false": False, "same": "same", "valid": "valid", "full": "full"}
+# every number a file computes stays within ±2^63 and is finite: larger ones are no size,
+# rate or count a network can use, and would cost time (2^64^64^64) or overflow later
+MAX_VALUE = 2**63
 
 
 class Env:
@@ -50,6 +55,26 @@ def show(value) -> str:
 
 
 def evaluate(expr: ast.Expr, env: Env):
+    """The value of `expr`; a CnnDslError at the expression for a value out of range."""
+    value = _evaluate(expr, env)
+    for number in value if isinstance(value, tuple) else (value,):
+        check_number(number, expr.span)
+    return value
+
+
+def check_number(value, span, what: str = "value") -> None:
+    """Refuse a number that is not finite or is beyond ±MAX_VALUE."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return
+    if isinstance(value, float) and math.isnan(value):
+        raise CnnDslError(f"this {what} is not a number (nan)", span,
+                          hint="e.g. inf - inf or 0 * inf gives nan")
+    if not -MAX_VALUE <= value <= MAX_VALUE:
+        shown = "infinite" if isinstance(value, float) and math.isinf(value) else "too large"
+        raise CnnDslError(f"this {what} is {shown} (beyond ±2^63)", span)
+
+
+def _evaluate(expr: ast.Expr, env: Env):
     if isinstance(expr, ast.Num):
         return expr.value
     if isinstance(expr, ast.Dims):
@@ -96,6 +121,8 @@ def _arithmetic(expr: ast.BinOp, left, right):
             result = left**right
         except ZeroDivisionError:
             raise CnnDslError("zero to a negative power", expr.span) from None
+        except OverflowError:
+            raise CnnDslError("this value is too large (beyond ±2^63)", expr.span) from None
         if isinstance(result, complex):
             raise CnnDslError("a negative number to a fractional power", expr.span)
         return result

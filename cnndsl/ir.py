@@ -31,13 +31,14 @@ from cnndsl.errors import (
     UnknownOpError,
     did_you_mean,
 )
-from cnndsl.evaluate import RESERVED, Env, evaluate, show
+from cnndsl.evaluate import RESERVED, Env, check_number, evaluate, show
 from cnndsl.ops import OPS, user_op_names
-from cnndsl.ops.args import BindError, bind
+from cnndsl.ops.args import MAX_WHOLE, BindError, bind
 from cnndsl.ops.structure import InputParams
 from cnndsl.parser import end_of_text
 
 MAX_LAYERS = 100_000
+RESERVED_LABEL_PREFIX = "__"  # render's own nodes (__output__, __error__) and future ones
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,7 @@ class _Builder:
         self.counters = {"repeat": 0, "macro": 0}
         self.macro_stack: list[str] = []
         self.globals: dict = {}
+        self.bound: dict = {}  # (call, argument values) -> params
 
     # ---- statements ------------------------------------------------------------
     def build(self) -> nx.DiGraph:
@@ -170,6 +172,8 @@ class _Builder:
         return op
 
     def _bind_lets(self) -> Env:
+        for name, value in self.overrides.items():
+            _check_override(name, value)
         env = Env(dict(self.overrides))
         defined: dict[str, Span] = {}
         for statement in self.program.statements:
@@ -199,6 +203,9 @@ class _Builder:
         if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in dims):
             raise GraphError("the input shape must be whole numbers >= 1",
                              statement.shape.span, hint="e.g. 'input 28x28x1' (H x W x C)")
+        if any(d > MAX_WHOLE for d in dims):
+            raise GraphError(f"the input shape must be at most 2^31 ({MAX_WHOLE:,}) along "
+                             "each axis", statement.shape.span)
         if len(dims) > 4:
             raise GraphError(f"a {len(dims) - 1}-D input is not supported (at most 3-D: "
                              "D x H x W x C)", statement.shape.span)
@@ -317,8 +324,12 @@ class _Builder:
                 seen_keyword = True
             elif seen_keyword:
                 raise ArgumentError("a positional argument follows a keyword argument", a.span)
+        # the same call in every iteration of a repetition: bind its values once
+        key = (id(call), *(_typed(v) for v, _ in positional),
+               *((k, _typed(v)) for k, (v, _) in keywords.items()))
         try:
-            params = bind(op.Params, positional, keywords)
+            params = self.bound.get(key) or bind(op.Params, positional, keywords)
+            self.bound[key] = params
         except BindError as error:
             raise ArgumentError(f"{call.name}: {error.message}", error.span or call.span,
                                 hint=error.hint) from None
@@ -343,11 +354,32 @@ class _Builder:
         graph = nx.DiGraph()
         for node_id, attrs in self.nodes:
             attrs["inputs"] = [names[i] for i in attrs["inputs"]]
-            graph.add_node(names[node_id], name=names[node_id], **attrs)
-            for source in attrs["inputs"]:
-                graph.add_edge(source, names[node_id])
+            attrs["name"] = names[node_id]
+        # in bulk: a node at a time is most of the time of a 100,000-layer network
+        graph.add_nodes_from((attrs["name"], attrs) for _, attrs in self.nodes)
+        graph.add_edges_from((source, attrs["name"]) for _, attrs in self.nodes
+                             for source in attrs["inputs"])
         graph.graph["output"] = names[last]
         return graph
+
+
+def _typed(value):
+    """A cache key that tells 1, 1.0 and true apart (they are equal in Python)."""
+    if isinstance(value, tuple):
+        return tuple(_typed(v) for v in value)
+    return type(value), value
+
+
+def _check_override(name, value) -> None:
+    """A binding from the command line or the API: a name `let` could bind, to a number."""
+    if not isinstance(name, str) or not name.isidentifier():
+        raise BindingError(f"cannot bind {name!r}: not a name")
+    if name in RESERVED:
+        raise BindingError(f"cannot bind '{name}': it is a reserved word",
+                           hint="true, false, same, valid and full are values, not names")
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise BindingError(f"'{name}' must be bound to a number, got {show(value)}")
+    check_number(value, None, f"value of '{name}'")
 
 
 def _assign_names(nodes) -> dict[int, str]:
@@ -355,6 +387,10 @@ def _assign_names(nodes) -> dict[int, str]:
     else `<op>N` counted per op in source order, skipping names a label took."""
     by_label: dict[str, list[tuple[int, dict]]] = {}
     for node_id, attrs in nodes:
+        if attrs["label"] and attrs["label"].startswith(RESERVED_LABEL_PREFIX):
+            raise BindingError(f"label '{attrs['label']}' begins with "
+                               f"'{RESERVED_LABEL_PREFIX}', which is kept for cnndsl's own "
+                               "names", attrs["label_span"], hint="choose another label")
         if attrs["label"]:
             group = by_label.setdefault(attrs["label"], [])
             if group and group[0][1]["label_span"] != attrs["label_span"]:

@@ -8,6 +8,8 @@
 from __future__ import annotations
 
 import functools
+import gc
+import math
 import re
 from importlib import resources
 from pathlib import Path
@@ -16,11 +18,16 @@ from lark import Lark, Token, Transformer, v_args
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedToken, VisitError
 
 from cnndsl import ast
-from cnndsl.errors import CnnDslError, ParseError, Span
+from cnndsl.errors import CnnDslError, ParseError, Span, source_lines
 
 OPENERS = {"LPAR": "RPAR", "LSQB": "RSQB", "LBRACE": "RBRACE"}
 CLOSERS = {close: open_ for open_, close in OPENERS.items()}
 MAX_NESTING = 100  # deeper nesting would exhaust Python's recursion in the tree passes
+# Lark parses ~50k tokens a second: these caps keep any file to about a second. The largest
+# example has a few hundred tokens; a network of 100,000 layers is written with '* n'.
+MAX_TOKENS = 50_000
+MAX_CHARS = 2_000_000
+MAX_DIGITS = 30  # a whole-number literal; values are bounded again after arithmetic
 BRACKET_TEXT = {"LPAR": "(", "RPAR": ")", "LSQB": "[", "RSQB": "]", "LBRACE": "{", "RBRACE": "}"}
 
 
@@ -52,8 +59,13 @@ class NewlinePostLexer:
         open_stack = self.open_stack = []
         pending_newline: Token | None = None
         previous_type: str | None = None
-        for token in stream:
+        for count, token in enumerate(stream):
             kind = token.type
+            if count >= MAX_TOKENS:
+                raise ParseError(f"the file is too long: more than {MAX_TOKENS:,} words and "
+                                 "symbols", _token_span(token),
+                                 hint="write long networks with repetitions ('* n') and "
+                                      "macros ('def')")
             if kind == "_NL":
                 if not open_stack and previous_type not in (None, "ARROW"):
                     pending_newline = pending_newline or token
@@ -192,20 +204,37 @@ class AstBuilder(Transformer):
         return ast.Neg(children[1], _span(meta))
 
     def int_lit(self, meta, children):
-        return ast.Num(int(children[0]), _token_span(children[0]))
+        return ast.Num(_whole(children[0], str(children[0])), _token_span(children[0]))
 
     def float_lit(self, meta, children):
-        return ast.Num(float(children[0]), _token_span(children[0]))
+        value = float(children[0])
+        if not math.isfinite(value):
+            raise ParseError(f"number {_clip(children[0])} is too large",
+                             _token_span(children[0]))
+        return ast.Num(value, _token_span(children[0]))
 
     def dims_lit(self, meta, children):
-        values = tuple(int(v) for v in re.split(r"[ \t]*[x×][ \t]*", str(children[0])))
-        return ast.Dims(values, _token_span(children[0]))
+        parts = re.split(r"[ \t]*[x×][ \t]*", str(children[0]))
+        return ast.Dims(tuple(_whole(children[0], v) for v in parts), _token_span(children[0]))
 
     def name_ref(self, meta, children):
         return ast.Name(str(children[0]), _token_span(children[0]))
 
     def tuple_lit(self, meta, children):
         return ast.TupleExpr(tuple(c for c in children if c is not None), _span(meta))
+
+
+def _whole(token: Token, digits: str) -> int:
+    significant = digits.lstrip("0") or "0"  # int() refuses 4,300 digits, zeros included
+    if len(significant) > MAX_DIGITS:
+        raise ParseError(f"number {_clip(digits)} is too large (more than {MAX_DIGITS} "
+                         "digits)", _token_span(token))
+    return int(significant)
+
+
+def _clip(text: str, keep: int = 12) -> str:
+    text = str(text)
+    return text if len(text) <= 2 * keep else f"{text[:keep]}…{text[-keep:]}"
 
 
 @functools.cache
@@ -216,12 +245,28 @@ def _lark() -> Lark:
 
 def parse(text: str) -> ast.Program:
     """Parse .cnn source text into an `ast.Program`; raises ParseError with a span."""
+    if len(text) > MAX_CHARS:
+        line = text.count("\n", 0, MAX_CHARS) + 1
+        col = MAX_CHARS - text.rfind("\n", 0, MAX_CHARS)
+        raise ParseError(f"the file is too large: {len(text):,} characters (at most "
+                         f"{MAX_CHARS:,})", Span.at(line, col))
+    # the parse allocates one object per token and none die until the end: collecting
+    # garbage meanwhile only costs time (half of it on long files)
+    collecting = gc.isenabled()
+    gc.disable()
     try:
         tree = _lark().parse(text)
         return AstBuilder().transform(tree)
     except VisitError as error:  # an exception inside the Transformer
         if isinstance(error.orig_exc, CnnDslError):
             raise error.orig_exc from None
+        if isinstance(error.orig_exc, RecursionError):  # e.g. 2^2^2^... thousands deep
+            meta = getattr(error.obj, "meta", None)
+            span = _span(meta) if meta is not None and hasattr(meta, "line") else None
+            raise ParseError("the file nests too deeply to read (an expression or chain "
+                             "inside thousands of others)", span,
+                             hint="split the expression with 'let', or use a repetition "
+                                  "('* n')") from None
         raise
     except UnexpectedCharacters as error:
         raise _unexpected_character(text, error) from None
@@ -231,6 +276,9 @@ def parse(text: str) -> ast.Program:
         if error.token.type == "$END":
             raise _unexpected_end(text, error.expected) from None
         raise _unexpected_token(text, error) from None
+    finally:
+        if collecting:
+            gc.enable()
 
 
 # ---- readable syntax errors ---------------------------------------------------
@@ -274,7 +322,8 @@ def _unexpected_token(text: str, error: UnexpectedToken) -> ParseError:
     token = error.token
     open_stack = _lark().options.postlex.open_stack
     expected = _possible(error.expected, open_stack)
-    line_text = text.splitlines()[token.line - 1] if token.line else ""
+    lines = source_lines(text)
+    line_text = lines[token.line - 1] if token.line and token.line <= len(lines) else ""
     starts_line = not line_text[: token.column - 1].strip()
     shown = "end of line" if token.type == "_NL" else f"'{token.value}'"
     message = f"unexpected {shown}; expected {_describe_expected(expected)}"
@@ -300,7 +349,7 @@ def _unexpected_token(text: str, error: UnexpectedToken) -> ParseError:
 
 def end_of_text(text: str) -> Span:
     """Just after the last character that is not a comment or white space."""
-    lines = text.splitlines()
+    lines = source_lines(text)
     for number in range(len(lines), 0, -1):
         content = lines[number - 1].split("#", 1)[0].rstrip()
         if content:

@@ -28,6 +28,11 @@ FAMILY_COLOURS = {
     "other": "#ffffff",
 }
 ERROR_RED = "#cc0000"
+# the diagram's own nodes: the front end refuses labels that begin with '__', so no layer
+# can clash with them
+OUTPUT_NODE, ERROR_NODE = "__output__", "__error__"
+# graphviz lays out a thousand boxes in about a second, and slows down faster than linearly
+MAX_DRAWN = 1000
 
 
 def times(text: str) -> str:
@@ -75,8 +80,10 @@ class _Cluster:
 
 
 def to_dot(graph: nx.DiGraph, collapse: bool = False, rankdir: str = "TB") -> graphviz.Digraph:
-    """Build the diagram of an IR graph (shape-checked, or checked up to an error)."""
+    """Build the diagram of an IR graph (shape-checked, or checked up to an error).
+    GraphError when it would have more than MAX_DRAWN boxes."""
     shown = _representatives(graph) if collapse else {n: n for n in graph.nodes}
+    _check_drawable(graph, shown, collapse)
     dot = graphviz.Digraph(graph.graph.get("name", "network"))
     dot.attr(rankdir=rankdir, fontname=FONT, nodesep="0.3", ranksep="0.35",
              label=_title(graph), labelloc="t", fontsize="16")
@@ -96,23 +103,35 @@ def to_dot(graph: nx.DiGraph, collapse: bool = False, rankdir: str = "TB") -> gr
         where.nodes.append(name)
     _emit(dot, root, graph)
 
-    drawn_edges = []
+    drawn_edges = set()
     for source, target in graph.edges:
         edge = (shown[source], shown[target])
         if edge[0] == edge[1] or edge in drawn_edges or _backwards(graph, source, target,
                                                                     shown):
             continue
-        drawn_edges.append(edge)
+        drawn_edges.add(edge)
         shape = graph.nodes[source].get("shape")
         dot.edge(*edge, label=f" {shape_text(shape)} " if shape else None,
                  style=None if shape else "dashed")
     output = graph.graph["output"]
     if "shape" in graph.nodes[output]:
-        dot.node("__output__", f"output {shape_text(graph.nodes[output]['shape'])}",
+        dot.node(OUTPUT_NODE, f"output {shape_text(graph.nodes[output]['shape'])}",
                  shape="box", style="rounded,filled", fillcolor=FAMILY_COLOURS["io"])
-        dot.edge(shown[output], "__output__")
+        dot.edge(shown[output], OUTPUT_NODE)
     _draw_error(dot, graph)
     return dot
+
+
+def _check_drawable(graph: nx.DiGraph, shown: dict, collapse: bool) -> None:
+    from cnndsl.errors import GraphError
+
+    drawn = [name for name in graph.nodes if shown[name] == name]
+    if len(drawn) <= MAX_DRAWN:
+        return
+    hint = ("draw each repetition once with --collapse" if not collapse else
+            "use repetitions ('* n') for the repeated parts, or draw a smaller network")
+    raise GraphError(f"the diagram would have {len(drawn):,} layers; at most {MAX_DRAWN:,} "
+                     "are drawn", graph.nodes[drawn[MAX_DRAWN]]["span"], hint=hint)
 
 
 def _title(graph) -> str:
@@ -186,9 +205,9 @@ def _draw_error(dot, graph) -> None:
         return
     failing = next(n for n, d in graph.nodes(data=True) if "error" in d)
     message = _wrap(times(error.message), 60)
-    dot.node("__error__", message, shape="note", style="filled", fillcolor="#fff0f0",
+    dot.node(ERROR_NODE, message, shape="note", style="filled", fillcolor="#fff0f0",
              color=ERROR_RED, fontcolor=ERROR_RED, fontsize="10")
-    dot.edge(failing, "__error__", style="dashed", color=ERROR_RED, arrowhead="none")
+    dot.edge(failing, ERROR_NODE, style="dashed", color=ERROR_RED, arrowhead="none")
 
 
 def _wrap(text: str, width: int) -> str:
@@ -218,19 +237,21 @@ def render_to_file(path: str, bindings: dict, out: str, fmt: str, collapse: bool
     """Check `path` and draw it to `out`. Syntax and name errors raise (nothing written);
     a shape error still draws the network up to it and is returned in the outcome."""
     from cnndsl.errors import ShapeError
+    from cnndsl.frontend import nesting_guard
     from cnndsl.ir import build_ir
     from cnndsl.parser import parse
     from cnndsl.shapes import infer_shapes
     from cnndsl.source import read_source
 
     text = read_source(path)
-    graph = build_ir(parse(text), bindings, text)
     error = None
-    try:
-        infer_shapes(graph)
-    except ShapeError as shape_error:
-        error = shape_error
-    dot = to_dot(graph, collapse=collapse, rankdir=rankdir)
+    with nesting_guard():
+        graph = build_ir(parse(text), bindings, text)
+        try:
+            infer_shapes(graph)
+        except ShapeError as shape_error:
+            error = shape_error
+        dot = to_dot(graph, collapse=collapse, rankdir=rankdir)
     if fmt == "dot":
         _write_atomically(out, dot.source.encode("utf-8"))
         return RenderOutcome(out, error, text)
@@ -259,18 +280,26 @@ def _representatives(graph: nx.DiGraph) -> dict[str, str]:
     """Map each node to the node drawn for it: itself, or the node at the same position in
     iteration 0 of the outermost repetition it is a later iteration of."""
     members: dict[tuple[str, int], list[str]] = {}
+    positions: dict[tuple[str, str], int] = {}  # (scope id, node) -> place in its iteration
     for name, node in graph.nodes(data=True):
         for scope in node["scopes"]:
             if scope.kind == "repeat":
-                members.setdefault((scope.id, scope.index), []).append(name)
+                group = members.setdefault((scope.id, scope.index), [])
+                positions[(scope.id, name)] = len(group)
+                group.append(name)
+
+    found: dict[str, str] = {}
 
     def representative(name: str) -> str:
-        for scope in graph.nodes[name]["scopes"]:
-            if scope.kind == "repeat" and scope.index > 0:
-                position = members[(scope.id, scope.index)].index(name)
-                first = members[(scope.id, 0)]
-                return representative(first[min(position, len(first) - 1)])
-        return name
+        if name not in found:
+            found[name] = name
+            for scope in graph.nodes[name]["scopes"]:
+                if scope.kind == "repeat" and scope.index > 0:
+                    first = members[(scope.id, 0)]
+                    position = positions[(scope.id, name)]
+                    found[name] = representative(first[min(position, len(first) - 1)])
+                    break
+        return found[name]
 
     return {name: representative(name) for name in graph.nodes}
 

@@ -20,26 +20,70 @@ from cnndsl.errors import ShapeError, ShapeMismatch
 from cnndsl.ops import OPS
 from cnndsl.ops.padding import fmt
 
+# no machine holds a layer beyond these (4 TiB in float32); refusing them here keeps the
+# arithmetic of later passes small and says why before anything is allocated
+MAX_ELEMENTS = 2**40
+
 
 def infer_shapes(graph: nx.DiGraph) -> nx.DiGraph:
+    # a repeated layer meets the same shapes again: compute each (op, params, inputs) once
+    known: dict = {}
     for name, node in graph.nodes(data=True):
-        op = OPS[node["op"]]
         in_shapes = [graph.nodes[i]["shape"] for i in node["inputs"]]
+        key = (node["op"], node["params"], tuple(in_shapes))
         try:
-            out = op.shape(node["params"], *in_shapes)
-            first_in = in_shapes[0] if in_shapes else out
-            param_shapes = op.param_shapes(node["params"], first_in)
-            node["macs"] = int(op.macs(node["params"], first_in, out))
-        except ShapeMismatch as mismatch:
-            error = _located(graph, name, node, in_shapes, mismatch)
-            node["error"] = error.message
-            graph.graph["error"] = error
-            raise error from None
-        node["shape"] = tuple(out)
-        node["param_shapes"] = param_shapes
-        node["params_count"] = sum(math.prod(s) for s in param_shapes.values())
-        node["buffer_shapes"] = op.buffer_shapes(node["params"], first_in)
+            found = known.get(key)
+        except TypeError:  # unhashable params: nothing to share
+            key, found = None, None
+        if found is None:
+            try:
+                found = _infer(OPS[node["op"]], node["params"], in_shapes)
+            except ShapeMismatch as mismatch:
+                error = _located(graph, name, node, in_shapes, mismatch)
+                node["error"] = error.message
+                graph.graph["error"] = error
+                raise error from None
+            if key is not None:
+                known[key] = found
+        out, param_shapes, count, buffer_shapes, macs = found
+        node["macs"] = macs
+        node["shape"] = out
+        node["param_shapes"] = dict(param_shapes)
+        node["params_count"] = count
+        node["buffer_shapes"] = dict(buffer_shapes)
     return graph
+
+
+def _infer(op, params, in_shapes: list) -> tuple:
+    """(shape, param_shapes, parameter count, buffer_shapes, MACs) of one layer."""
+    out = op.shape(params, *in_shapes)
+    first_in = in_shapes[0] if in_shapes else out
+    param_shapes = op.param_shapes(params, first_in)
+    macs = int(op.macs(params, first_in, out))
+    _check_size(out, param_shapes)
+    count = sum(math.prod(s) for s in param_shapes.values())
+    return tuple(out), param_shapes, count, op.buffer_shapes(params, first_in), macs
+
+
+def _check_size(out, param_shapes) -> None:
+    elements = math.prod(out)
+    if elements > MAX_ELEMENTS:
+        raise ShapeMismatch(f"its output {fmt(tuple(out))} has {elements:,} elements per "
+                            f"example (at most 2^40), {_bytes(elements)} in float32",
+                            hint="use fewer channels, a larger stride or more pooling")
+    weights = sum(math.prod(s) for s in param_shapes.values())
+    if weights > MAX_ELEMENTS:
+        raise ShapeMismatch(f"it has {weights:,} weights (at most 2^40), {_bytes(weights)} in "
+                            "float32", hint="use fewer units or channels, or pool first")
+
+
+def _bytes(elements: int) -> str:
+    size = elements * 4
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if size < 1024 or unit == "PiB":
+            return f"{size:,.0f} {unit}" if unit == "bytes" else f"{size:,.1f} {unit}"
+        size /= 1024
+    raise AssertionError
 
 
 def _located(graph, name, node, in_shapes, mismatch: ShapeMismatch) -> ShapeError:

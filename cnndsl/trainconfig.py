@@ -9,11 +9,13 @@ An unknown setting or a bad value is reported at its place in the file.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, fields
 
 from cnndsl import ast
 from cnndsl.errors import CnnDslError, GraphError, did_you_mean
 from cnndsl.evaluate import Env, evaluate, show
+from cnndsl.ops.args import MAX_WHOLE
 
 CHOICES = {"optimizer": ("sgd", "adam", "adamw"), "schedule": ("none", "step", "cosine")}
 
@@ -98,7 +100,11 @@ def convert(name: str, value):
         if not isinstance(value, int) or value < (0 if name == "seed" else 1):
             raise ValueError(f"{name} must be a whole number >= "
                              f"{0 if name == 'seed' else 1}, got {show(value)}")
+        if value > MAX_WHOLE:
+            raise ValueError(f"{name} must be at most 2^31 ({MAX_WHOLE:,}), got {value:,}")
         return value
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value}")
     if name == "val" and not 0 <= value < 1:
         raise ValueError(f"val must be a fraction in [0, 1), got {show(value)}")
     if value < 0 or (name == "lr" and value == 0):

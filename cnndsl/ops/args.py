@@ -8,9 +8,14 @@ kinds, so every op gets the same errors for free.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
 from dataclasses import field
 
 PAD_MODES = ("same", "valid", "full")
+# sizes, strides, paddings and counts beyond this fit no memory and overflow the kernels'
+# 64-bit index arithmetic (products of two of them)
+MAX_WHOLE = 2**31
 
 
 class ArgValueError(Exception):
@@ -30,6 +35,8 @@ def _whole(value, what: str, minimum: int) -> int:
         raise ArgValueError(f"{what} must be a whole number, got {_describe(value)}")
     if value < minimum:
         raise ArgValueError(f"{what} must be at least {minimum}, got {value}")
+    if value > MAX_WHOLE:
+        raise ArgValueError(f"{what} must be at most 2^31 ({MAX_WHOLE:,}), got {value:,}")
     return value
 
 
@@ -87,18 +94,22 @@ class Padding(Kind):
 
 
 class Real(Kind):
-    """A number in [low, high) or [low, high]."""
+    """A finite number in [low, high], (low, high], [low, high) or (low, high)."""
 
-    def __init__(self, low: float, high: float, high_open: bool = False):
-        self.low, self.high, self.high_open = low, high, high_open
+    def __init__(self, low: float, high: float, high_open: bool = False,
+                 low_open: bool = False):
+        self.low, self.high, self.high_open, self.low_open = low, high, high_open, low_open
         close = ")" if high_open else "]"
-        self.text = f"a number in [{low}, {high}{close}"
+        self.text = f"a number in {'(' if low_open else '['}{low}, {high}{close}"
 
     def convert(self, value, what):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ArgValueError(f"{what} must be a number, got {_describe(value)}")
+        if not math.isfinite(value):
+            raise ArgValueError(f"{what} must be {self.text}, got {value}")
         above = value >= self.high if self.high_open else value > self.high
-        if value < self.low or above:
+        below = value <= self.low if self.low_open else value < self.low
+        if below or above:
             raise ArgValueError(f"{what} must be {self.text}, got {value:g}")
         return float(value)
 
@@ -117,14 +128,19 @@ def arg(kind: Kind, default=dataclasses.MISSING):
     return field(default=default, metadata={"kind": kind})
 
 
+@functools.cache
+def _fields(params_class) -> tuple[list, list[str]]:
+    fields = [f for f in dataclasses.fields(params_class) if "kind" in f.metadata]
+    return fields, [f.name for f in fields]
+
+
 def bind(params_class, positional: list, keywords: dict):
     """Build `params_class` from evaluated call arguments.
 
     positional: [(value, span)], keywords: {name: (value, span)}. Raises
     `BindError(message, span_or_None, hint)` for the IR builder to locate.
     """
-    fields = [f for f in dataclasses.fields(params_class) if "kind" in f.metadata]
-    names = [f.name for f in fields]
+    fields, names = _fields(params_class)
     if len(positional) > len(fields):
         extra_span = positional[len(fields)][1]
         takes = ", ".join(names) if names else "no arguments"

@@ -12,7 +12,7 @@ from cnndsl.ops.args import Real, arg
 
 @dataclass(frozen=True)
 class BatchNormParams:
-    eps: float = arg(Real(0.0, 1.0, high_open=True), 1e-5)
+    eps: float = arg(Real(0.0, 1.0, high_open=True, low_open=True), 1e-5)
     momentum: float = arg(Real(0.0, 1.0), 0.1)
 
 
