@@ -10,7 +10,6 @@ red with the message beside it, the layers after it grey.
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -266,12 +265,12 @@ def render_to_file(path: str, bindings: dict, out: str, fmt: str, collapse: bool
 
 
 def _write_atomically(path: str, data: bytes) -> None:
-    """Write to a temporary file beside `path`, then rename: never a half-written file."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = target.with_name(f".{target.name}.tmp")
-    temporary.write_bytes(data)
-    os.replace(temporary, target)
+    """Through the one atomic writer weights use: a unique temporary file beside `path`,
+    renamed when complete, removed on any failure (a full disk leaves no debris), and a
+    clear error saying why."""
+    from cnndsl.checkpoint import write_atomically
+
+    write_atomically(path, lambda handle: handle.write(data), what="the diagram")
 
 
 # ---- --collapse: draw every repetition once -----------------------------------------------

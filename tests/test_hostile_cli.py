@@ -110,3 +110,26 @@ def test_bad_training_flags_are_refused_before_training(tmp_path, flags, message
     status, out, err = cnndsl_cli("train", "net.cnn", "--data", "d.npz", *flags, cwd=tmp_path)
     assert status == 2 and message in err and "epoch" not in out
     assert not (tmp_path / "net.npz").exists()
+
+
+def test_render_on_a_full_disk_leaves_no_debris(tmp_path, monkeypatch):
+    """render writes through the same atomic writer as weights: a failure leaves the old
+    picture as it was and no temporary file."""
+    import errno
+    import os
+
+    from cnndsl.render import render_to_file
+
+    (tmp_path / "net.cnn").write_text("input 8x8x1\nConv(4, 3) -> FC(3)\n")
+    old = tmp_path / "net.dot"
+    old.write_bytes(b"the previous diagram")
+
+    def full(fd, *args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(cnndsl.CnnDslError) as error:
+        render_to_file(str(tmp_path / "net.cnn"), {}, str(old), "dot")
+    assert "the disk is full" in str(error.value)
+    assert old.read_bytes() == b"the previous diagram"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["net.cnn", "net.dot"]
