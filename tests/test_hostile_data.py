@@ -7,15 +7,14 @@ Every hostile file is generated here, in a temporary folder, from a few bytes of
 import os
 import shutil
 import struct
-import subprocess
 import sys
-import time
 import zipfile
 import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
+from measure import run_measured
 from PIL import Image
 
 NET = """network Small
@@ -24,42 +23,13 @@ train { optimizer = adam, lr = 0.01, batch = 16, epochs = 1 }
 Conv(4, 3) -> ReLU -> MaxPool(2) -> FC(K) -> Softmax
 """
 MB = 2**20
-# the command runs as a grandchild so that os.wait4 gives its own peak memory (ru_maxrss,
-# KB); numba reserves much address space, so memory is judged by RSS, not by RLIMIT_AS
-WRAPPER = """import os, resource, subprocess, sys
-if os.environ.get("HOSTILE_AS"):
-    limit = int(os.environ["HOSTILE_AS"])
-    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-child = subprocess.Popen(sys.argv[2:])
-_, status, usage = os.wait4(child.pid, 0)
-child.returncode = 0
-with open(sys.argv[1], "w") as out:
-    out.write(str(usage.ru_maxrss))
-sys.exit(os.waitstatus_to_exitcode(status))
-"""
-
-
 def cnndsl(*args, cwd, timeout=60, address_space=None, status=1, max_mb=600):
     """Run `python -m cnndsl.cli ARGS`; check the exit status, that no traceback or internal
     error shows, the time and the peak memory; return (stdout, stderr)."""
-    rss = Path(cwd) / ".maxrss"
-    env = {**os.environ, "HOSTILE_AS": str(address_space or "")}
-    start = time.monotonic()
-    child = subprocess.Popen([sys.executable, "-c", WRAPPER, str(rss), sys.executable, "-m",
-                              "cnndsl.cli", *map(str, args)], cwd=cwd, env=env,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                             start_new_session=True)
-    try:
-        out, err = child.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(child.pid, 9)
-        child.communicate()
-        raise AssertionError(f"cnndsl {' '.join(map(str, args))} still running after "
-                             f"{timeout} s") from None
-    seconds = time.monotonic() - start
-    peak = int(rss.read_text()) / 1024
+    code, out, err, peak, seconds = run_measured(
+        [sys.executable, "-m", "cnndsl.cli", *map(str, args)], cwd, timeout, address_space)
     assert "Traceback" not in err and "internal error" not in err, err
-    assert child.returncode == status, (child.returncode, out, err)
+    assert code == status, (code, out, err)
     assert peak < max_mb, f"peak memory {peak:.0f} MB"
     assert seconds < timeout / 2, f"{seconds:.1f} s"
     return out, err

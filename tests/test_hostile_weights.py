@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from measure import run_measured
 
 import cnndsl
 from cnndsl import checkpoint
@@ -64,19 +65,11 @@ def folder(tmp_path_factory):
 
 def cli(*args, cwd, timeout=120, wrap=(), python=()):
     """Run `cnndsl ARGS` (or `python PYTHON`) in a subprocess: (exit status, stdout, stderr,
-    max RSS in MB of that child alone, from wait4)."""
+    its own peak RSS in MB, tests/measure.py)."""
     command = [*wrap, sys.executable, *(python or ["-m", "cnndsl.cli", *map(str, args)])]
-    out, err = Path(cwd) / ".out", Path(cwd) / ".err"
-    with open(out, "w") as stdout, open(err, "w") as stderr:
-        process = subprocess.Popen(command, cwd=cwd, stdout=stdout, stderr=stderr)
-    timer = threading.Timer(timeout, process.kill)
-    timer.start()
-    _, status, usage = os.wait4(process.pid, 0)
-    timer.cancel()
-    process.returncode = os.waitstatus_to_exitcode(status)
-    err_text = err.read_text()
-    assert "Traceback" not in err_text and "internal error" not in err_text, err_text
-    return process.returncode, out.read_text(), err_text, usage.ru_maxrss / 1024
+    status, out, err, peak, _ = run_measured(command, cwd, timeout)
+    assert "Traceback" not in err and "internal error" not in err, err
+    return status, out, err, peak
 
 
 def sha(path) -> str:

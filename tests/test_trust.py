@@ -330,5 +330,5 @@ def test_first_run_says_it_compiles_and_the_second_does_not(tmp_path, monkeypatc
     status, out, err = cnndsl_cli("train", "small.cnn", "--data", "data.npz", "--no-progress",
                                   "--overwrite", cwd=tmp_path)
     assert status == 0 and "compiling" not in err, err
-    status, out, err = cnndsl_cli("eval", "--weights", "small.npz", cwd=tmp_path)
+    status, _out, err = cnndsl_cli("eval", "--weights", "small.npz", cwd=tmp_path)
     assert status == 0 and "compiling" not in err, err
