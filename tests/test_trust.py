@@ -322,12 +322,12 @@ def test_first_run_says_it_compiles_and_the_second_does_not(tmp_path, monkeypatc
     (tmp_path / "small.cnn").write_text(NET)
     dataset(tmp_path / "data.npz", n=48, n_test=16)
     monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path / "empty-cache"))   # a new machine
-    status, out, err = cnndsl_cli("train", "small.cnn", "--data", "data.npz", "--no-progress",
+    status, _, err = cnndsl_cli("train", "small.cnn", "--data", "data.npz", "--no-progress",
                                   cwd=tmp_path)
     assert status == 0, err
     assert "kernels for this machine (first run only" in err
     assert err.index("compiling") < err.index("compiled")
-    status, out, err = cnndsl_cli("train", "small.cnn", "--data", "data.npz", "--no-progress",
+    status, _, err = cnndsl_cli("train", "small.cnn", "--data", "data.npz", "--no-progress",
                                   "--overwrite", cwd=tmp_path)
     assert status == 0 and "compiling" not in err, err
     status, _out, err = cnndsl_cli("eval", "--weights", "small.npz", cwd=tmp_path)
