@@ -17,10 +17,10 @@ field, so a hostile or damaged file is a CheckpointError, never an internal erro
 from __future__ import annotations
 
 import errno
+import functools
 import json
 import math
 import os
-import stat
 import struct
 import tempfile
 import zipfile
@@ -43,8 +43,6 @@ MAX_HEADER = 10_000
 KINDS = ("param/", "buffer/", "optim/")
 METHODS = {zipfile.ZIP_STORED: "stored", zipfile.ZIP_DEFLATED: "deflate", 9: "deflate64",
            12: "bzip2", 14: "lzma", 93: "zstandard", 99: "AES encryption"}
-_UMASK = os.umask(0)  # read once: a new file gets the mode open() would give it
-os.umask(_UMASK)
 
 
 class CheckpointError(CnnDslError):
@@ -80,7 +78,7 @@ def write_atomically(path, write, what: str = "file") -> None:
         fd, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.",
                                          suffix=".tmp")
         with os.fdopen(fd, "wb") as handle:
-            os.fchmod(handle.fileno(), 0o666 & ~_UMASK)  # mkstemp makes it 0600
+            os.fchmod(handle.fileno(), 0o666 & ~_umask())  # mkstemp makes it 0600
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
@@ -92,6 +90,16 @@ def write_atomically(path, write, what: str = "file") -> None:
         if temporary is not None:
             with suppress(OSError):
                 os.unlink(temporary)
+
+
+@functools.cache
+def _umask() -> int:
+    """The process's umask, so a saved file gets the mode open() would give it. Read (by
+    setting and restoring it) on the first save, not at import: importing cnndsl changes no
+    process-wide state."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _write_error(what: str, path: str, error: OSError) -> CheckpointError:
@@ -146,21 +154,20 @@ def load(path: str) -> tuple[dict, dict]:
 
 
 def _open_regular(path: str):
-    """The file at `path` opened for reading, refusing what is not a regular file (a FIFO
-    would block, /dev/zero never ends) without blocking on it."""
+    """The file at `path` opened for reading by cnndsl.source.open_regular, which refuses
+    what is not a regular file (a FIFO would block, /dev/zero never ends) without blocking."""
+    from cnndsl.source import NotRegularFile, open_regular
+
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        return open_regular(path)
     except FileNotFoundError:
         raise CheckpointError(f"weights file '{path}' does not exist",
                               hint="train first: cnndsl train FILE -o WEIGHTS.npz") from None
+    except NotRegularFile as error:
+        raise CheckpointError(f"'{path}' is not a weights file ({error.strerror})") from None
     except OSError as error:
         raise CheckpointError(f"cannot read weights file '{path}': "
                               f"{error.strerror or error}") from None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise CheckpointError(f"'{path}' is not a weights file (not a regular file)")
-    os.set_blocking(fd, True)
-    return os.fdopen(fd, "rb")
 
 
 def _check_entries(archive: zipfile.ZipFile, size: int, path: str) -> dict:

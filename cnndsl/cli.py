@@ -323,8 +323,7 @@ def run_train(args, context: dict) -> int:
     if args.resume:  # the saved run's settings and data, unless a flag or the file's
         arrays, meta = checkpoint.load(out)  # train block (edited since) changes them
         saved = (arrays, meta)
-        config = TrainConfig(**{k: v for k, v in meta.get("config", {}).items()
-                                if k in TrainConfig.__dataclass_fields__})
+        config = TrainConfig.from_dict(meta.get("config", {}))
         saved_file = meta.get("train_block")
         requested = {**{k: v for k, v in in_file.items()
                         if saved_file is None or saved_file.get(k) != v}, **flags}
@@ -364,10 +363,11 @@ def run_train(args, context: dict) -> int:
     check_fits(model.graph, model.dtype.itemsize, min(config.batch, max(1, len(x_tr))),
                train=True)
     held_out = f", {len(x_val):,} held out" if len(x_val) else ", no validation split"
+    epochs = f"{config.epochs} epoch{'s' if config.epochs != 1 else ''}"
     print(f"training {model.name} ({model.num_params:,} parameters) on "
-          f"{data.dataset.source}{limited}: {len(x_tr):,} images{held_out}, "
-          f"{config.epochs} epoch{'s' if config.epochs != 1 else ''}, {config.optimizer} lr {config.learning_rate:g}, "
-          f"batch {config.batch}, seed {config.seed}", flush=True)
+          f"{data.dataset.source}{limited}: {len(x_tr):,} images{held_out}, {epochs}, "
+          f"{config.optimizer} lr {config.learning_rate:g}, batch {config.batch}, "
+          f"seed {config.seed}", flush=True)
     _compile_kernels(model, config.batch, train=True, bar=not args.no_progress)
     try:
         state = trainer.run()
@@ -429,11 +429,10 @@ def _resume_changes(meta: dict, config, run_data: dict, out: str, args) -> list[
     from cnndsl.checkpoint import CheckpointError
     from cnndsl.trainconfig import TrainConfig
 
-    saved_config = {k: v for k, v in meta.get("config", {}).items()
-                    if k in TrainConfig.__dataclass_fields__}
-    saved_data = meta.get("run_data") or {"data": meta.get("data")}
+    saved = TrainConfig.from_dict(meta.get("config", {}))
     # the learning rate as used (a default lr depends on the optimizer)
-    saved_config["lr"] = TrainConfig(**saved_config).learning_rate
+    saved_config = {**saved.as_dict(), "lr": saved.learning_rate}
+    saved_data = meta.get("run_data") or {"data": meta.get("data")}
     current = {**config.as_dict(), "lr": config.learning_rate}
     changes = []
     for name, value in current.items():
@@ -548,16 +547,16 @@ def run_eval(args, context: dict) -> int:
     from cnndsl.data import check_against, load_dataset
     from cnndsl.memory import check_fits
     from cnndsl.report import confusion_matrix, format_evaluation, plot_confusion
-    from cnndsl.train import predict_proba
+    from cnndsl.train import EVAL_BATCH, predict_proba
 
     context["path"] = args.file
     model, meta = _trained_model(args, args.weights)
     data = load_dataset(args.data or meta.get("data") or "fashion-mnist")
     check_against(data, model.input_shape, model.output_shape)
-    check_fits(model.graph, model.dtype.itemsize, min(500, max(1, len(data.x_test))))
-    _compile_kernels(model, 500, train=False)
-    probs = np.concatenate([predict_proba(model, data.x_test[i:i + 500])
-                            for i in range(0, len(data.x_test), 500)])
+    check_fits(model.graph, model.dtype.itemsize, min(EVAL_BATCH, max(1, len(data.x_test))))
+    _compile_kernels(model, EVAL_BATCH, train=False)
+    probs = np.concatenate([predict_proba(model, data.x_test[i:i + EVAL_BATCH])
+                            for i in range(0, len(data.x_test), EVAL_BATCH)])
     predicted = probs.argmax(axis=1)
     matrix = confusion_matrix(data.y_test, predicted, len(data.classes))
     print(format_evaluation(matrix, data.classes, source=data.source))

@@ -44,6 +44,11 @@ class TrainConfig:
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    @classmethod
+    def from_dict(cls, settings: dict) -> TrainConfig:
+        """The settings saved by `as_dict` (names it does not know are left out)."""
+        return cls(**{k: v for k, v in settings.items() if k in cls.__dataclass_fields__})
+
 
 KINDS = {f.name: f.type for f in fields(TrainConfig)}
 
