@@ -82,6 +82,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_file_arguments(check)
     check.add_argument("--json", action="store_true",
                        help="print one JSON object (docs/language.md) instead of the table")
+    check.add_argument("--rf", action="store_true",
+                       help="add columns for each layer's resolved padding (before+after per "
+                            "axis) and jump (input pixels between neighbouring outputs); "
+                            "the receptive field (RF) is always shown")
+    check.add_argument("--memory", action="store_true",
+                       help="add a column for each layer's activation memory per example")
+    check.add_argument("--batch", type=int, metavar="B",
+                       help="batch size for the training-step activation memory (default: "
+                            "the file's train block, else 64)")
     check.add_argument("--dump-ir", action="store_true",
                        help="also print every IR node with its attributes (debugging)")
     check.set_defaults(run=run_check)
@@ -166,6 +175,15 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--seed", type=int, default=0, help="initial weights without --weights")
     add_force_argument(export, "export")
     export.set_defaults(run=run_export)
+
+    from importlib import import_module
+
+    from cnndsl.commands import COMMANDS
+
+    for name in COMMANDS:
+        module = import_module(f"cnndsl.commands.{name}")
+        if hasattr(module, "add_command"):
+            module.add_command(command)
     return parser
 
 
@@ -207,14 +225,33 @@ class Loaded:
 
 
 def run_check(args, context: dict) -> int:
-    from cnndsl.summary import dump_ir, format_table, to_json
+    from cnndsl.summary import (
+        Columns,
+        dump_ir,
+        error_json,
+        format_partial_table,
+        format_table,
+        to_json,
+    )
 
     context["path"] = args.file
-    loaded = Loaded(args)
+    if args.batch is not None and args.batch < 1:
+        _usage_error(f"--batch must be at least 1, got {args.batch}")
+    columns = Columns(rf=args.rf, memory=args.memory)
+    try:
+        loaded = Loaded(args)
+    except CnnDslError as error:
+        # the error itself goes to stderr (main); stdout gets what did check
+        partial = getattr(error, "graph", None)
+        if args.json:
+            print(json.dumps(error_json(error)))
+        elif partial is not None:
+            print(format_partial_table(partial, columns))
+        raise
     if args.json:
-        print(json.dumps(to_json(loaded.graph)))
+        print(json.dumps(to_json(loaded.graph, args.batch)))
     else:
-        print(format_table(loaded.graph))
+        print(format_table(loaded.graph, columns, args.batch))
         if args.dump_ir:
             print()
             print(dump_ir(loaded.graph))

@@ -50,5 +50,6 @@ def _check(text: str, bindings: dict | None) -> nx.DiGraph:
     with nesting_guard():
         program = parse(text)
         graph = infer_shapes(build_ir(program, bindings, text))
-        program_settings(program, bindings)  # so that `check` refuses what `train` would
+        # so that `check` refuses what `train` would (and knows the file's batch size)
+        graph.graph["train_settings"] = program_settings(program, bindings)
         return graph

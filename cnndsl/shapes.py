@@ -5,6 +5,7 @@ Walks the nodes in (topological) insertion order and annotates each with
     param_shapes  {name: shape} in PyTorch layouts; `params` their element count
     buffer_shapes {name: shape} (BatchNorm running statistics)
     macs          multiply-accumulates per example, as torchinfo counts them
+    padding, receptive_field, jump, memory, depth   see cnndsl.fields
 A layer that cannot take its input raises ShapeError naming it, what it received and
 what it needed; nodes before it keep their annotations, so a diagram can show the
 network up to the error (the failing node gets `error`).
@@ -17,6 +18,7 @@ import math
 import networkx as nx
 
 from cnndsl.errors import ShapeError, ShapeMismatch
+from cnndsl.fields import annotate_node, network_depth
 from cnndsl.ops import OPS
 from cnndsl.ops.padding import fmt
 
@@ -42,6 +44,7 @@ def infer_shapes(graph: nx.DiGraph) -> nx.DiGraph:
                 error = _located(graph, name, node, in_shapes, mismatch)
                 node["error"] = error.message
                 graph.graph["error"] = error
+                error.graph = graph  # checked up to here: `check` shows the table so far
                 raise error from None
             if key is not None:
                 known[key] = found
@@ -51,6 +54,8 @@ def infer_shapes(graph: nx.DiGraph) -> nx.DiGraph:
         node["param_shapes"] = dict(param_shapes)
         node["params_count"] = count
         node["buffer_shapes"] = dict(buffer_shapes)
+        annotate_node(graph, name)
+    graph.graph["depth"] = network_depth(graph)
     return graph
 
 

@@ -1,4 +1,5 @@
-"""Rewrite the expected-stderr goldens tests/programs/bad/NAME.err from the current output.
+"""Rewrite the goldens tests/programs/bad/NAME.err (stderr) and NAME.out (stdout: after a
+shape error, the table of the layers checked before it) from the current output.
 
     python tests/regen_golden.py              # every tests/programs/bad/*.cnn
     python tests/regen_golden.py NAME ...     # only these cases (NAME or NAME.cnn)
@@ -70,12 +71,19 @@ def main(names: list[str]) -> int:
         status, out, err = run_check(relative)
         golden = path.with_suffix(".err")
         old = golden.read_text(encoding="utf-8") if golden.exists() else None
-        if status != 1 or out or "Traceback" in err or "internal error" in err:
+        partial_table = out.startswith("network ") and "<-- the error below" in out
+        if (status != 1 or (out and not partial_table) or "Traceback" in err
+                or "internal error" in err):
             print(f"NOT WRITTEN {relative}: exit {status}, stdout {out!r}\n{err}",
                   file=sys.stderr)
             problems += 1
             continue
         golden.write_text(err, encoding="utf-8", newline="\n")
+        table = path.with_suffix(".out")
+        if out:
+            table.write_text(out, encoding="utf-8", newline="\n")
+        elif table.exists():
+            table.unlink()
         state = "new" if old is None else ("changed" if old != err else "same")
         print(f"{state:8} {golden.relative_to(REPO).as_posix()}")
     print("\nNow READ every new or changed golden (git diff tests/programs/bad/) before "

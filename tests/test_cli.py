@@ -15,10 +15,10 @@ def test_table_lists_every_layer_with_totals(capsys):
     lines = out.splitlines()
     assert lines[0].startswith("network MnistNet: input 28x28x1 -> output 10")
     header = next(line for line in lines if line.startswith("layer"))
-    assert header.split() == ["layer", "op", "output", "shape", "params", "MACs"]
+    assert header.split() == ["layer", "op", "output", "shape", "RF", "params", "MACs"]
     conv1 = next(line for line in lines if line.startswith("conv1 "))
-    assert conv1.split() == ["conv1", "Conv(10,", "5x5,", "pad=valid)", "24x24x10", "260",
-                             "149,760"]  # 260 x 24*24
+    assert conv1.split() == ["conv1", "Conv(10,", "5x5,", "pad=valid)", "24x24x10", "5x5",
+                             "260", "149,760"]  # 260 x 24*24
     assert "total params: 21,840" in out
 
 

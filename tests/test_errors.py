@@ -48,7 +48,8 @@ def in_repo(monkeypatch):
 @pytest.fixture
 def check(tmp_path, monkeypatch, capsys):
     """check(source) -> stderr of `cnndsl check net.cnn` (cwd = a temp dir), asserting the
-    common contract: exit 1, empty stdout, no traceback, no internal error."""
+    common contract: exit 1, no traceback, no internal error, and nothing on stdout but,
+    after a shape error, the table of the layers checked before it."""
     monkeypatch.chdir(tmp_path)
 
     def _check(source: str, *extra: str) -> str:
@@ -57,7 +58,11 @@ def check(tmp_path, monkeypatch, capsys):
         assert "Traceback" not in err
         assert "internal error" not in err, err
         assert status == 1, err
-        assert out == ""
+        if out:  # only the partial table of a shape error, its last row the failing layer
+            table = out.splitlines()
+            assert table[0].startswith("network ") and " stopped at '" in table[0], out
+            assert table[-2].endswith("<-- the error below"), out
+            assert re.search(r"stopped at '([^']+)'", table[0]).group(1) in err.split("\n")[0]
         return err
 
     return _check
@@ -78,13 +83,27 @@ def test_golden(name, in_repo, capsys):
     status, out, err = run(["check", relative], capsys)
     assert "Traceback" not in err
     assert status == 1
-    assert out == ""
+    table = BAD / f"{name}.out"  # after a shape error: the layers that did check
+    assert out == (table.read_text(encoding="utf-8") if table.exists() else "")
     assert err == golden.read_text(encoding="utf-8")
 
 
 def test_every_golden_has_a_program():
-    orphans = [p.name for p in BAD.glob("*.err") if not p.with_suffix(".cnn").exists()]
+    goldens = [*BAD.glob("*.err"), *BAD.glob("*.out")]
+    orphans = [p.name for p in goldens if not p.with_suffix(".cnn").exists()]
     assert not orphans
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in BAD.glob("*.out")))
+def test_shape_error_tables_stop_at_the_failing_layer(name):
+    """A table golden belongs to a shape error: it names the layer the error names and
+    marks it as its last row."""
+    table = (BAD / f"{name}.out").read_text(encoding="utf-8").splitlines()
+    error = (BAD / f"{name}.err").read_text(encoding="utf-8").splitlines()[0]
+    failing = re.search(r"stopped at '([^']+)'", table[0]).group(1)
+    assert f"'{failing}'" in error
+    assert table[-2].startswith(failing + " ") and table[-2].endswith("<-- the error below")
+    assert sum("<-- the error below" in line for line in table) == 1
 
 
 @pytest.mark.parametrize("name", BAD_CASES)
@@ -426,7 +445,11 @@ def test_json_with_a_bad_file(in_repo, capsys):
     status, out, err = run(["check", "--json", "tests/programs/bad/unknown_layer_typo.cnn"],
                            capsys)
     assert status == 1
-    assert out == ""
+    assert json.loads(out) == {"layers": [], "error": {
+        "kind": "UnknownOpError", "message": "unknown layer 'MaxPoool'",
+        "file": "tests/programs/bad/unknown_layer_typo.cnn", "line": 2, "col": 25,
+        "end_line": 2, "end_col": 33, "notes": [], "layer": None,
+        "hint": "did you mean 'MaxPool' or 'Pool' or 'GlobalMaxPool'?"}}
     assert err.startswith("tests/programs/bad/unknown_layer_typo.cnn:2:25: error: "
                           "unknown layer 'MaxPoool'")
     assert err == (BAD / "unknown_layer_typo.err").read_text(encoding="utf-8")

@@ -87,10 +87,12 @@ def test_check_prints_table_and_json(name, capsys):
     assert "total params" in table and f"{PUBLISHED[name][0]:,}" in table
     assert main(["check", "--json", path]) == 0
     data = json.loads(capsys.readouterr().out)
-    assert set(data) == {"name", "input", "output", "params", "macs", "layers"}
+    assert set(data) == {"name", "input", "output", "params", "macs", "depth", "memory",
+                         "layers"}
     assert data["params"] == PUBLISHED[name][0]
     assert data["output"] == list(PUBLISHED[name][1])
     assert sum(layer["params"] for layer in data["layers"]) == data["params"]
     assert sum(layer["macs"] for layer in data["layers"]) == data["macs"]
     for layer in data["layers"]:
-        assert set(layer) == {"name", "op", "shape", "params", "macs"}
+        assert set(layer) == {"name", "op", "shape", "params", "macs", "padding",
+                              "receptive_field", "jump", "memory"}

@@ -98,6 +98,8 @@ class Op:
     explain_bare = False
     #: family, for diagram colours: conv, pool, dense, activation, norm, merge, io, shape
     family = "other"
+    #: counted in a network's depth as papers quote it (conv and FC layers: VGG-16 = 16)
+    weight_layer = False
 
     @staticmethod
     def shape(p, *in_shapes):
@@ -118,6 +120,13 @@ class Op:
     @staticmethod
     def describe(p) -> str:
         return ""
+
+    @staticmethod
+    def window(p, in_shapes):
+        """How the layer reads its input in space (cnndsl.ops.padding.Window), for
+        receptive fields; None: pointwise (each output position reads the same input
+        position, or the input has no spatial axes)."""
+        return
 
     @staticmethod
     def geometry(p, in_shapes):

@@ -15,7 +15,14 @@ from cnndsl.kernels import from5d
 from cnndsl.kernels import weight5d as _w5d
 from cnndsl.ops import Op, fmt_size, fmt_stride, kaiming_uniform, register, same_size, spatial
 from cnndsl.ops.args import Count, Flag, Padding, Size, arg
-from cnndsl.ops.padding import per_axis, to3, window3, window_output
+from cnndsl.ops.padding import (
+    per_axis,
+    sliding_window,
+    to3,
+    transposed_window,
+    window3,
+    window_output,
+)
 
 
 def _from5d(y, x):
@@ -76,6 +83,7 @@ class Conv(Op):
     explain_bare = True
     Params = ConvParams
     family = "conv"
+    weight_layer = True
 
     @staticmethod
     def shape(p, x):
@@ -99,6 +107,10 @@ class Conv(Op):
     @staticmethod
     def macs(p, x, y):
         return _conv_macs(Conv.param_shapes(p, x), y)
+
+    @staticmethod
+    def window(p, in_shapes):
+        return sliding_window(in_shapes[0][:-1], p.kernel, p.stride, p.dilation, p.pad)
 
     @staticmethod
     def geometry(p, in_shapes):
@@ -153,6 +165,7 @@ class ConvT(Op):
     name = "ConvT"
     Params = ConvTParams
     family = "conv"
+    weight_layer = True
 
     @staticmethod
     def shape(p, x):
@@ -185,6 +198,11 @@ class ConvT(Op):
     @staticmethod
     def macs(p, x, y):
         return _conv_macs(ConvT.param_shapes(p, x), y)
+
+    @staticmethod
+    def window(p, in_shapes):
+        return transposed_window(in_shapes[0][:-1], p.kernel, p.stride,
+                                 0 if p.pad == "valid" else p.pad)
 
     @staticmethod
     def geometry(p, in_shapes):
@@ -232,6 +250,7 @@ class DepthwiseConv(Op):
     name = "DepthwiseConv"
     Params = DepthwiseParams
     family = "conv"
+    weight_layer = True
 
     @staticmethod
     def shape(p, x):
@@ -251,6 +270,10 @@ class DepthwiseConv(Op):
     @staticmethod
     def macs(p, x, y):
         return _conv_macs(DepthwiseConv.param_shapes(p, x), y)
+
+    @staticmethod
+    def window(p, in_shapes):
+        return sliding_window(in_shapes[0][:-1], p.kernel, p.stride, 1, p.pad)
 
     @staticmethod
     def geometry(p, in_shapes):
@@ -294,6 +317,7 @@ class SeparableConv(Op):
     name = "SeparableConv"
     Params = SeparableParams
     family = "conv"
+    weight_layer = True
 
     @staticmethod
     def shape(p, x):
@@ -314,6 +338,10 @@ class SeparableConv(Op):
     @staticmethod
     def macs(p, x, y):
         return _conv_macs(SeparableConv.param_shapes(p, x), y)
+
+    @staticmethod
+    def window(p, in_shapes):
+        return sliding_window(in_shapes[0][:-1], p.kernel, p.stride, 1, p.pad)
 
     @staticmethod
     def geometry(p, in_shapes):
@@ -367,6 +395,7 @@ class LocalConv(Op):
     name = "LocalConv"
     Params = LocalParams
     family = "conv"
+    weight_layer = True
 
     @staticmethod
     def shape(p, x):
@@ -388,6 +417,10 @@ class LocalConv(Op):
     def macs(p, x, y):
         # each weight is used once per example
         return sum(math.prod(s) for s in LocalConv.param_shapes(p, x).values())
+
+    @staticmethod
+    def window(p, in_shapes):
+        return sliding_window(in_shapes[0][:-1], p.kernel, p.stride, 1, "valid")
 
     @staticmethod
     def geometry(p, in_shapes):

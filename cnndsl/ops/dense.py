@@ -9,6 +9,7 @@ import numpy as np
 
 from cnndsl.ops import Op, register
 from cnndsl.ops.args import Count, Flag, arg
+from cnndsl.ops.padding import Window
 
 
 def flatten(x: np.ndarray) -> np.ndarray:
@@ -39,6 +40,10 @@ class Flatten(Op):
         return (math.prod(x),)
 
     @staticmethod
+    def window(p, in_shapes):
+        return Window.whole(in_shapes[0][:-1])
+
+    @staticmethod
     def forward(p, g, w, xs, ctx):
         return flatten(xs[0]), xs[0].shape
 
@@ -65,10 +70,15 @@ class FC(Op):
     aliases = ("Dense",)
     Params = FCParams
     family = "dense"
+    weight_layer = True
 
     @staticmethod
     def shape(p, x):
         return (p.units,)
+
+    @staticmethod
+    def window(p, in_shapes):
+        return Window.whole(in_shapes[0][:-1])
 
     @staticmethod
     def param_shapes(p, x):

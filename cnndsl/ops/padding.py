@@ -2,7 +2,32 @@
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+from fractions import Fraction
+
 from cnndsl.errors import ShapeMismatch
+
+
+@dataclass(frozen=True)
+class Window:
+    """How a layer reads its input in space, one entry per spatial axis of its input
+    (cnndsl.fields grows receptive fields with it):
+
+    extent   input positions one output position depends on (dilation included)
+    stride   input positions between neighbouring outputs (1/s for a transposed conv)
+    padding  (before, after) zeros or -inf added around the input, as resolved
+    """
+
+    extent: tuple[int, ...]
+    stride: tuple[int | Fraction, ...]
+    padding: tuple[tuple[int, int], ...]
+
+    @staticmethod
+    def whole(in_sizes) -> Window:
+        """A layer that reads its whole input at once (FC, Flatten, a global pool)."""
+        sizes = tuple(in_sizes)
+        return Window(sizes, sizes, tuple((0, 0) for _ in sizes))
 
 
 def per_axis(value, rank: int, what: str) -> tuple[int, ...]:
@@ -88,3 +113,27 @@ def window3(in_sizes, kernel, stride, dilation, pad) -> dict:
     return {"kernel": to3(kernel, 1), "stride": to3(stride, 1), "dilation": to3(dilation, 1),
             "pad_before": to3([b for _, b, _ in resolved], 0),
             "pad_after": to3([a for _, _, a in resolved], 0)}
+
+
+def sliding_window(in_sizes, kernel, stride, dilation, pad) -> Window:
+    """The Window of a sliding kernel (conv, pool) on an input it fits (checked before)."""
+    rank = len(in_sizes)
+    kernel = per_axis(kernel, rank, "kernel")
+    stride = per_axis(stride, rank, "stride")
+    dilation = per_axis(dilation, rank, "dilation")
+    if not isinstance(pad, str):
+        pad = per_axis(pad, rank, "pad")
+    resolved = resolve(in_sizes, kernel, stride, dilation, pad)
+    return Window(tuple(d * (k - 1) + 1 for k, d in zip(kernel, dilation)), tuple(stride),
+                  tuple((before, after) for _, before, after in resolved))
+
+
+def transposed_window(in_sizes, kernel, stride, pad) -> Window:
+    """A transposed conv: each output position gathers from at most ceil(k / s) inputs,
+    which lie 1/s input positions apart per output step."""
+    rank = len(in_sizes)
+    kernel = per_axis(kernel, rank, "kernel")
+    stride = per_axis(stride, rank, "stride")
+    pad = per_axis(pad, rank, "pad")
+    return Window(tuple(math.ceil(k / s) for k, s in zip(kernel, stride)),
+                  tuple(Fraction(1, s) for s in stride), tuple((q, q) for q in pad))

@@ -9,7 +9,7 @@ from cnndsl.kernels import as5d as _as5d  # numpy only: `check` still needs no n
 from cnndsl.kernels import from5d as _from5d
 from cnndsl.ops import Op, fmt_size, fmt_stride, register, same_size, spatial
 from cnndsl.ops.args import Padding, Size, arg
-from cnndsl.ops.padding import per_axis, window3, window_output
+from cnndsl.ops.padding import Window, per_axis, sliding_window, window3, window_output
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,11 @@ class WindowPool(Op):
         stride = p.stride if p.stride is not None else p.size
         out = window_output("window", sizes, p.size, stride, 1, p.pad)
         return (*out, channels)
+
+    @staticmethod
+    def window(p, in_shapes):
+        stride = p.stride if p.stride is not None else p.size
+        return sliding_window(in_shapes[0][:-1], p.size, stride, 1, p.pad)
 
     @staticmethod
     def geometry(p, in_shapes):
@@ -126,6 +131,10 @@ class GlobalPool(Op):
     def shape(p, x):
         _, channels = spatial(x, "a global pool")
         return (channels,)
+
+    @staticmethod
+    def window(p, in_shapes):
+        return Window.whole(in_shapes[0][:-1])
 
 
 @register
