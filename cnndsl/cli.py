@@ -64,6 +64,23 @@ def add_force_argument(parser: argparse.ArgumentParser, what: str) -> None:
                              "network (a warning names the first difference)")
 
 
+class IntermixedParser(argparse.ArgumentParser):
+    """A subcommand's parser whose positionals may follow its options, as in `show FILE
+    --weights W IMAGE` or `eval --weights W FILE`: argparse's plain parse lets an optional
+    positional match nothing before the first option, then refuses it after them."""
+
+    _inside = False
+
+    def parse_known_args(self, args=None, namespace=None):
+        if self._inside:  # parse_known_intermixed_args calls this itself
+            return super().parse_known_args(args, namespace)
+        self._inside = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._inside = False
+
+
 def build_parser() -> argparse.ArgumentParser:
     from cnndsl import __version__
 
@@ -73,7 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "(.cnn files). The reference: docs/language.md.")
     parser.add_argument("--version", action="version", version=f"cnndsl {__version__}",
                         help="print the version and exit")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True,
+                                     parser_class=IntermixedParser)
 
     def command(name, **kwargs):
         return commands.add_parser(name, formatter_class=HelpFormatter, **kwargs)

@@ -110,10 +110,11 @@ class Model:
         """(name, op, params, geometry, arrays, inputs) per layer, in execution order."""
         return self._runners[0].layers
 
-    def make_layers(self) -> list:
+    def make_layers(self, fuse: bool = True) -> list:
         """A fresh execution plan: per-layer geometry (which an op may use as its own work
-        area, so each runner gets its own) with activations fused in, over the shared
-        parameter arrays."""
+        area, so each runner gets its own) with activations fused in (unless `fuse` is
+        False: then every layer computes its own output, as `features` needs), over the
+        shared parameter arrays."""
         layers = []
         for name, node in self.graph.nodes(data=True):
             if node["op"] == "Input":
@@ -122,7 +123,8 @@ class Model:
             in_shapes = [self.graph.nodes[i]["shape"] for i in node["inputs"]]
             layers.append((name, op, node["params"], op.geometry(node["params"], in_shapes),
                            self._arrays[name], node["inputs"]))
-        self._fuse_activations(layers)
+        if fuse:
+            self._fuse_activations(layers)
         return layers
 
     def _fuse_activations(self, layers: list) -> None:
@@ -183,6 +185,60 @@ class Model:
         outputs = self._forward_shards(x, train, save=train)
         self._eval_input = None if train else x
         return _joined(outputs)
+
+    def features(self, x: np.ndarray, layers=None) -> dict[str, np.ndarray]:
+        """Layer outputs for x: (N, *input), in inference mode: name -> (N, *layer shape),
+        channels-last. Every layer in execution order (the input is not a layer), or only
+        the names in `layers`, in that order; an unknown name is a ValueError.
+
+        Each is the layer's own output even where the run plan fuses: a Conv followed by
+        a ReLU gives the Conv's output, before the ReLU. Runs its own unfused plan on the
+        whole batch and leaves `forward`'s state alone. A layer that passes its input on
+        (Identity, Dropout, Flatten) may return that same array."""
+        wanted = self._feature_names(layers)
+        x = self._check_input(x)
+        ctx, plan = self._unfused_plan()
+        values = {self.input_name: x}
+        remaining = dict(self._consumers)
+        missing = set(wanted)
+        for name, op, params, geometry, local, inputs in plan:
+            values[name], _ = op.forward(params, geometry, local,
+                                         [values[i] for i in inputs], ctx)
+            missing.discard(name)
+            if not missing:
+                break  # the later layers are not asked for
+            for source in inputs:  # free what nobody asked for and no later layer reads
+                remaining[source] -= 1
+                if remaining[source] == 0 and source not in wanted:
+                    del values[source]
+        return {name: values[name] for name in wanted}
+
+    def _feature_names(self, layers) -> list[str]:
+        """The layers `features` returns: all (execution order) or `layers`, checked."""
+        names = [name for name, *_ in self.layers]
+        if layers is None:
+            return names
+        if isinstance(layers, str):
+            layers = [layers]
+        known = set(names)
+        for name in layers:
+            if name not in known:
+                from cnndsl.errors import did_you_mean
+
+                hint = did_you_mean(str(name), names) or f"its layers: {', '.join(names[:12])}" \
+                    + (", ..." if len(names) > 12 else "")
+                raise ValueError(f"{self.name} has no layer '{name}'; {hint}")
+        return list(dict.fromkeys(layers))
+
+    def _unfused_plan(self) -> tuple[Ctx, list]:
+        """(inference context, plan without fused activations) for `features`, made on
+        first use; remade for a `sandbox` twin, whose buffers are its own."""
+        cached = getattr(self, "_features_plan", None)
+        if cached is None or cached[0] is not self._arrays:
+            cached = self._features_plan = (
+                self._arrays, Ctx(train=False, rng=np.random.default_rng(0),
+                                  backend=self.backend), self.make_layers(fuse=False))
+        return cached[1], cached[2]
 
     def _forward_shards(self, x: np.ndarray, train: bool, save: bool) -> list:
         shards = self._shards(len(x))
@@ -314,6 +370,9 @@ class _Runner:
         self.layers = model.make_layers()
         self.saved = None
         self.logits = None
+        #: None, or timer(phase, layer) called at the start of each pass (layer None) and
+        #: after each layer's work ("forward"/"backward"): cnndsl.profile's per-layer clock
+        self.timer = None
 
     def run(self, x: np.ndarray, train: bool, save: bool) -> np.ndarray:
         model = self.model
@@ -322,6 +381,9 @@ class _Runner:
         remaining = dict(model._consumers)
         saved = {}
         self.saved = None
+        timer = self.timer
+        if timer is not None:
+            timer("forward", None)
         for name, op, params, geometry, local, inputs in self.layers:
             y, state = op.forward(params, geometry, local, [values[i] for i in inputs],
                                   self.ctx)
@@ -332,6 +394,8 @@ class _Runner:
                 remaining[source] -= 1
                 if remaining[source] == 0 and source != model.logits_name:
                     del values[source]
+            if timer is not None:
+                timer("forward", name)
         self.saved = saved if save else None
         self.logits = values[model.logits_name]
         return values[model.output_name]
@@ -359,6 +423,9 @@ class _Runner:
         pending = dict(seeds)
         owned = {}  # node -> True once its gradient is an array we allocated (safe to +=)
         grads = {}
+        timer = self.timer
+        if timer is not None:
+            timer("backward", None)
         for name, op, params, geometry, local, inputs in reversed(self.layers):
             dy = pending.pop(name, None)
             if dy is None:
@@ -377,6 +444,8 @@ class _Runner:
                 else:  # fan-out: sum into a new array, never into one an op may share
                     pending[source] = pending[source] + dx
                     owned[source] = True
+            if timer is not None:
+                timer("backward", name)
         self.ctx.need_dx = True
         return pending.get(input_name), grads
 

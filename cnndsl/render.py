@@ -78,8 +78,12 @@ class _Cluster:
     children: dict = field(default_factory=dict)
 
 
-def to_dot(graph: nx.DiGraph, collapse: bool = False, rankdir: str = "TB") -> graphviz.Digraph:
+def to_dot(graph: nx.DiGraph, collapse: bool = False, rankdir: str = "TB",
+           tooltips: dict[str, str] | None = None) -> graphviz.Digraph:
     """Build the diagram of an IR graph (shape-checked, or checked up to an error).
+    `tooltips` maps layer names (and OUTPUT_NODE) to the text a browser shows when the
+    pointer rests on the layer's box in the SVG (several lines allowed); a layer without
+    one shows its name.
     GraphError when it would have more than MAX_DRAWN boxes."""
     shown = _representatives(graph) if collapse else {n: n for n in graph.nodes}
     _check_drawable(graph, shown, collapse)
@@ -100,7 +104,7 @@ def to_dot(graph: nx.DiGraph, collapse: bool = False, rankdir: str = "TB") -> gr
             where = where.children.setdefault(
                 scope.id, _Cluster(scope.id, _scope_label(scope, collapse), scope.kind))
         where.nodes.append(name)
-    _emit(dot, root, graph)
+    _emit(dot, root, graph, tooltips or {})
 
     drawn_edges = set()
     for source, target in graph.edges:
@@ -114,8 +118,10 @@ def to_dot(graph: nx.DiGraph, collapse: bool = False, rankdir: str = "TB") -> gr
                  style=None if shape else "dashed")
     output = graph.graph["output"]
     if "shape" in graph.nodes[output]:
+        extra = {"tooltip": _escaped(tooltips[OUTPUT_NODE])} if OUTPUT_NODE in (
+            tooltips or {}) else {}
         dot.node(OUTPUT_NODE, f"output {shape_text(graph.nodes[output]['shape'])}",
-                 shape="box", style="rounded,filled", fillcolor=FAMILY_COLOURS["io"])
+                 shape="box", style="rounded,filled", fillcolor=FAMILY_COLOURS["io"], **extra)
         dot.edge(shown[output], OUTPUT_NODE)
     _draw_error(dot, graph)
     return dot
@@ -146,9 +152,10 @@ def _scope_label(scope, collapse: bool) -> str:
     return scope.label
 
 
-def _emit(dot, cluster: _Cluster, graph) -> None:
+def _emit(dot, cluster: _Cluster, graph, tooltips: dict) -> None:
     for name in cluster.nodes:
-        _emit_node(dot, name, graph.nodes[name], _rank(graph, name))
+        _emit_node(dot, name, graph.nodes[name], _rank(graph, name),
+                   tooltips.get(name, name))
     for child in cluster.children.values():
         with dot.subgraph(name=f"cluster_{child.key}") as sub:
             repeat = child.kind == "repeat"
@@ -156,7 +163,7 @@ def _emit(dot, cluster: _Cluster, graph) -> None:
                      fontsize="13" if repeat else "11", style="rounded,dashed" if repeat
                      else "rounded", color="#3d85c6" if repeat else "#999999",
                      fontcolor="#3d85c6" if repeat else "#666666", labeljust="l")
-            _emit(sub, child, graph)
+            _emit(sub, child, graph, tooltips)
 
 
 def _rank(graph, name: str) -> int:
@@ -165,9 +172,10 @@ def _rank(graph, name: str) -> int:
     return len(shape) - 1 if shape else 0
 
 
-def _emit_node(dot, name: str, node: dict, rank: int) -> None:
+def _emit_node(dot, name: str, node: dict, rank: int, tooltip: str) -> None:
     op = OPS[node["op"]]
-    attrs = {"fillcolor": FAMILY_COLOURS.get(op.family, "#ffffff"), "tooltip": name}
+    attrs = {"fillcolor": FAMILY_COLOURS.get(op.family, "#ffffff"),
+             "tooltip": _escaped(tooltip)}
     label = node_label(node, rank)
     if node["op"] in ("Add", "Concat"):
         attrs.update(shape="circle" if node["op"] == "Add" else "box", fontsize="12",
@@ -183,6 +191,15 @@ def _emit_node(dot, name: str, node: dict, rank: int) -> None:
         attrs.update(style="rounded,dashed", fillcolor="#ffffff", fontcolor="#999999",
                      color="#bbbbbb")
     dot.node(name, _two_sizes(label), **attrs)
+
+
+def _escaped(text: str) -> str:
+    """`text` as a DOT string graphviz shows literally. Graphviz reads escapes twice in a
+    tooltip (`\\\\N` would become the node's name), so a backslash is written as four;
+    quotes are escaped here because the Python library leaves a quote after a backslash
+    alone; newlines become `\\n`, which the SVG carries as line breaks of the tooltip."""
+    text = text.replace("\\", "\\" * 4).replace('"', '\\"').replace("\n", "\\n")
+    return graphviz.nohtml(text)
 
 
 def _two_sizes(label: str) -> str:

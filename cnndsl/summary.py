@@ -122,7 +122,7 @@ class Columns:
 def _row(name: str, node: dict, columns: Columns) -> tuple:
     cells = [name, op_text(node), fmt(node["shape"]), _per_axis(node["receptive_field"])]
     if columns.rf:
-        padding = _padding(node["padding"]) if node["windowed"] else ""
+        padding = padding_text(node["padding"]) if node["windowed"] else ""
         cells += [padding, _per_axis(node["jump"], format_jump)]
     if columns.memory:
         cells.append(format_bytes(node["memory"]))
@@ -143,7 +143,7 @@ def _per_axis(values, show=str) -> str:
     return "x".join(show(v) for v in values) or "-"
 
 
-def _padding(sides) -> str:
+def padding_text(sides) -> str:
     """Once when every axis is padded alike, before+after when the sides differ:
     ((1, 1), (1, 1)) -> 1, ((0, 1), (0, 1)) -> 0+1, ((1, 1), (2, 2)) -> 1x2."""
     each = [str(before) if before == after else f"{before}+{after}" for before, after in sides]
@@ -176,7 +176,7 @@ def format_table(graph: nx.DiGraph, columns: Columns = Columns(),
             f"output {fmt(output)}, {len(rows) - 1} layers"
     lines = [title, rule, head, rule, *body, rule,
              f"total params: {params:,}",
-             f"total MACs:   {macs:,} ({_human(macs)} per example)",
+             f"total MACs:   {macs:,} ({human_count(macs)} per example)",
              f"depth:        {graph.graph['depth']} (conv and FC layers on the longest path)",
              f"activations:  {format_bytes(activation_bytes(graph))} per example (forward)",
              (f"              {format_bytes(training_bytes(graph, batch))} for a training step "
@@ -239,7 +239,8 @@ def _count(n: int, noun: str) -> str:
     return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
-def _human(count: int) -> str:
+def human_count(count: int) -> str:
+    """18,767,242 -> 18.77 M."""
     for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
         if count >= scale:
             return f"{count / scale:.2f} {unit}"
