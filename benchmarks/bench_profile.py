@@ -22,7 +22,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import cnndsl  # (first: its thread defaults must precede numpy's BLAS)
+import numpy  # noqa: F401  (first, as users import it)
+
+import cnndsl
 
 VGG = ("network VGGStyle\ninput 32x32x3\n"
        "def stage(c) = (Conv(c, 3) -> ReLU) * 2 -> MaxPool(2)\n"

@@ -9,7 +9,14 @@ from cnndsl.kernels import as5d as _as5d  # numpy only: `check` still needs no n
 from cnndsl.kernels import from5d as _from5d
 from cnndsl.ops import Op, fmt_size, fmt_stride, register, same_size, spatial
 from cnndsl.ops.args import Padding, Size, arg
-from cnndsl.ops.padding import Window, per_axis, sliding_window, window3, window_output
+from cnndsl.ops.padding import (
+    Window,
+    per_axis,
+    resolve,
+    sliding_window,
+    window3,
+    window_output,
+)
 
 
 @dataclass(frozen=True)
@@ -28,17 +35,32 @@ class WindowPool(Op):
     @staticmethod
     def shape(p, x):
         sizes, channels = spatial(x, "pooling")
-        rank = len(sizes)
-        window = per_axis(p.size, rank, "size")
-        if isinstance(p.pad, (tuple, int)):
-            pad = per_axis(p.pad, rank, "pad")
-            if any(q > k // 2 for q, k in zip(pad, window)):
-                raise ShapeMismatch(
-                    f"pad {fmt_size(p.pad)} is more than half the window {fmt_size(window)}",
-                    hint="pad at most size // 2 on each side (as PyTorch and ONNX require)")
         stride = p.stride if p.stride is not None else p.size
+        WindowPool._check_padding(p, sizes, stride)
         out = window_output("window", sizes, p.size, stride, 1, p.pad)
         return (*out, channels)
+
+    @staticmethod
+    def _check_padding(p, sizes, stride) -> None:
+        """The one padding rule of pooling, for every form of `pad` (valid, same, full, a
+        number, per axis): at most size // 2 on each side of each axis, as PyTorch and ONNX
+        require — wider padding would give windows of padding alone. Checked on the
+        padding as resolved, so `pad=full` on a 3-wide window (2 per side) is refused."""
+        rank = len(sizes)
+        window = per_axis(p.size, rank, "size")
+        pad = p.pad if isinstance(p.pad, str) else per_axis(p.pad, rank, "pad")
+        resolved = resolve(sizes, window, per_axis(stride, rank, "stride"), (1,) * rank, pad)
+        if resolved is None:
+            return  # the window does not fit: window_output says so
+        for (_, before, after), k in zip(resolved, window):
+            if max(before, after) > k // 2:
+                written = p.pad if isinstance(p.pad, str) else fmt_size(p.pad)
+                sides = f"{before} per side" if before == after else f"{before}+{after}"
+                raise ShapeMismatch(
+                    f"pad={written} pads {sides} on a {k}-wide window; pooling may pad at "
+                    f"most {k // 2} (size // 2) per side",
+                    hint="pad at most size // 2 per side, as PyTorch and ONNX require "
+                         "(pad=same always does), or use a larger window")
 
     @staticmethod
     def window(p, in_shapes):
