@@ -67,10 +67,10 @@ def test_same_padding_with_stride_2(size, kernel, out, padding):
 
 def test_padding_forms_resolve_per_axis_and_side():
     graph = check("input 10x12x1\nConv(2, 3x5, pad=valid) -> Conv(2, 3x3, pad=(1, 0)) -> "
-                  "MaxPool(3, stride=1, pad=full) -> Conv(2, 2x2, pad=same)")
+                  "MaxPool(2, stride=1, pad=full) -> Conv(2, 2x2, pad=same)")
     assert node(graph, "conv1")["padding"] == ((0, 0), (0, 0))
     assert node(graph, "conv2")["padding"] == ((1, 1), (0, 0))
-    assert node(graph, "maxpool1")["padding"] == ((2, 2), (2, 2))
+    assert node(graph, "maxpool1")["padding"] == ((1, 1), (1, 1))
     assert node(graph, "conv3")["padding"] == ((0, 1), (0, 1))
 
 

@@ -113,7 +113,7 @@ def test_concat_and_sum():
     ("FC(3) -> Conv(2)", ["flat tensor of 3 features"]),
     ("Conv(4, groups=3)", ["groups=3", "input channels (1)"]),
     ("Conv(2, (3, 3, 3))", ["kernel 3x3x3 has 3 axes", "2 spatial axes"]),
-    ("MaxPool(2, pad=2)", ["more than half the window"]),
+    ("MaxPool(2, pad=2)", ["pads 2 per side on a 2-wide window", "at most 1 (size // 2)"]),
     ("{ Identity + Conv(2) }", ["branch 1 gives 3x3x1", "branch 2 gives 3x3x2"]),
     ("{ Identity | MaxPool(2) }", ["same spatial size", "branch 2 gives 1x1x1"]),
 ])
