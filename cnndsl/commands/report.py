@@ -22,24 +22,14 @@ def add_command(command) -> None:
     import argparse
 
     from cnndsl import cli
+    from cnndsl.commands.show import add_input_arguments
 
     parser = command("report", help="write one self-contained HTML page: diagram, layer "
                                      "table, filters, feature maps",
                      description=DESCRIPTION)
     cli.add_file_arguments(parser)
-    parser.add_argument("image", nargs="?", metavar="IMAGE",
-                        help="the input whose feature maps the page shows: a PNG/JPEG image "
-                             "(resized and converted like predict does), or a .npy array of "
-                             "the input's shape")
-    parser.add_argument("--weights", metavar="W.npz",
-                        help="trained weights (default: the initial weights of --seed, "
-                             "labelled untrained on the page)")
-    parser.add_argument("--index", type=int, metavar="N",
-                        help="show the feature maps of test example N of --data (default 0 "
-                             "when --data is given)")
-    parser.add_argument("--data", metavar="D",
-                        help="the dataset of --index (default: the one the weights were "
-                             "trained on)")
+    add_input_arguments(parser, "trained weights (default: the initial weights of --seed, "
+                                "labelled untrained on the page)")
     parser.add_argument("-o", "--output", metavar="OUT.html",
                         help="the page (default: FILE's name with .html, in the current "
                              "folder)")

@@ -21,16 +21,7 @@ def add_command(command) -> None:
     parser = command("show", help="draw filters, feature maps and maximising inputs as PNGs",
                      description=DESCRIPTION)
     cli.add_file_arguments(parser)
-    parser.add_argument("image", nargs="?", metavar="IMAGE",
-                        help="a PNG/JPEG image (resized and converted like predict does), "
-                             "or a .npy array of the input's shape")
-    parser.add_argument("--weights", metavar="W.npz",
-                        help="trained weights (default: the initial weights, seed 0)")
-    parser.add_argument("--index", type=int, metavar="N",
-                        help="show test example N of --data (default 0 when --data is given)")
-    parser.add_argument("--data", metavar="D",
-                        help="the dataset of --index (default: the one the weights were "
-                             "trained on)")
+    add_input_arguments(parser, "trained weights (default: the initial weights, seed 0)")
     parser.add_argument("-o", "--output", metavar="DIR",
                         help="folder for the PNGs, made if missing (default: FILE's name "
                              "with _show, here)")
@@ -43,6 +34,20 @@ def add_command(command) -> None:
                         help="--maximize: step size, in input units per step (default 0.2)")
     cli.add_force_argument(parser, "show")
     parser.set_defaults(run=run_show)
+
+
+def add_input_arguments(parser, weights_help: str) -> None:
+    """IMAGE, --weights, --index and --data, as `show` and `report` take them."""
+    parser.add_argument("image", nargs="?", metavar="IMAGE",
+                        help="the input whose feature maps are drawn: a PNG/JPEG image "
+                             "(resized and converted like predict does), or a .npy array of "
+                             "the input's shape")
+    parser.add_argument("--weights", metavar="W.npz", help=weights_help)
+    parser.add_argument("--index", type=int, metavar="N",
+                        help="use test example N of --data (default 0 when --data is given)")
+    parser.add_argument("--data", metavar="D",
+                        help="the dataset of --index (default: the one the weights were "
+                             "trained on)")
 
 
 def run_show(args, context: dict) -> int:

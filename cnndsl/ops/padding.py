@@ -100,16 +100,22 @@ def to3(values, fill: int) -> tuple[int, int, int]:
     return (fill,) * (3 - len(values)) + values
 
 
-def window3(in_sizes, kernel, stride, dilation, pad) -> dict:
-    """Kernel geometry as (D, H, W) int triples, the form the kernels take:
-    kernel, stride, dilation, pad_before, pad_after."""
+def _per_axis_window(in_sizes, kernel, stride, dilation, pad) -> tuple:
+    """(kernel, stride, dilation, [(out, before, after)]) per axis, as resolved."""
     rank = len(in_sizes)
     kernel = per_axis(kernel, rank, "kernel")
     stride = per_axis(stride, rank, "stride")
     dilation = per_axis(dilation, rank, "dilation")
     if not isinstance(pad, str):
         pad = per_axis(pad, rank, "pad")
-    resolved = resolve(in_sizes, kernel, stride, dilation, pad)
+    return kernel, stride, dilation, resolve(in_sizes, kernel, stride, dilation, pad)
+
+
+def window3(in_sizes, kernel, stride, dilation, pad) -> dict:
+    """Kernel geometry as (D, H, W) int triples, the form the kernels take:
+    kernel, stride, dilation, pad_before, pad_after."""
+    kernel, stride, dilation, resolved = _per_axis_window(in_sizes, kernel, stride, dilation,
+                                                          pad)
     return {"kernel": to3(kernel, 1), "stride": to3(stride, 1), "dilation": to3(dilation, 1),
             "pad_before": to3([b for _, b, _ in resolved], 0),
             "pad_after": to3([a for _, _, a in resolved], 0)}
@@ -117,13 +123,8 @@ def window3(in_sizes, kernel, stride, dilation, pad) -> dict:
 
 def sliding_window(in_sizes, kernel, stride, dilation, pad) -> Window:
     """The Window of a sliding kernel (conv, pool) on an input it fits (checked before)."""
-    rank = len(in_sizes)
-    kernel = per_axis(kernel, rank, "kernel")
-    stride = per_axis(stride, rank, "stride")
-    dilation = per_axis(dilation, rank, "dilation")
-    if not isinstance(pad, str):
-        pad = per_axis(pad, rank, "pad")
-    resolved = resolve(in_sizes, kernel, stride, dilation, pad)
+    kernel, stride, dilation, resolved = _per_axis_window(in_sizes, kernel, stride, dilation,
+                                                          pad)
     return Window(tuple(d * (k - 1) + 1 for k, d in zip(kernel, dilation)), tuple(stride),
                   tuple((before, after) for _, before, after in resolved))
 
