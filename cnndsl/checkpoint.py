@@ -421,21 +421,28 @@ def _json_kind(value) -> str:
 # ---- into a model -----------------------------------------------------------------------
 
 def check_architecture(model, meta: dict, path: str, force: bool = False,
-                       warn=None) -> None:
+                       warn=None, force_flag: str = "--force") -> None:
     """Refuse weights trained in another graph than `model`'s, naming the first difference;
-    with `force`, call `warn(message)` instead (the weights must still fit)."""
+    with `force`, call `warn(message)` instead (the weights must still fit). `force_flag`
+    is how the caller's user asks for `force` (`--force`, or `force=True` in Python)."""
     difference = _architecture_difference(model, meta, path)
     if difference is None:
         return
     if force:
         if warn is not None:
             warn(f"'{path}' was trained on another network ({difference}); loading it "
-                 "anyway because of --force")
+                 f"anyway because of {force_flag}")
         return
+    if force_flag == "--force":
+        hint = ("use the .cnn file (and --set bindings) it was trained with (its text is "
+                "stored in the weights file: `cnndsl eval --weights W.npz` uses it), or "
+                "--force to load them anyway")
+    else:
+        hint = ("use the network it was trained with (its text is stored in the weights "
+                "file: cnndsl.checkpoint.load(path)[1]['architecture']), or "
+                f"{force_flag} to load them anyway")
     raise CheckpointError(f"'{path}' holds weights of another network: {difference}",
-                          hint="use the .cnn file (and --set bindings) it was trained with "
-                               "(its text is stored in the weights file: `cnndsl eval "
-                               "--weights W.npz` uses it), or --force to load them anyway")
+                          hint=hint)
 
 
 def _architecture_difference(model, meta: dict, path: str) -> str | None:
@@ -457,10 +464,10 @@ def _architecture_difference(model, meta: dict, path: str) -> str | None:
 
 
 def restore_model(model, arrays: dict, meta: dict, path: str, force: bool = False,
-                  warn=None) -> None:
+                  warn=None, force_flag: str = "--force") -> None:
     """Copy parameters and buffers into `model`, after checking they are its own: the same
     compiled graph (`check_architecture`), then the same names and shapes."""
-    check_architecture(model, meta, path, force, warn)
+    check_architecture(model, meta, path, force, warn, force_flag)
     for kind, expected in (("param", model.parameters()), ("buffer", model.buffers())):
         stored = {k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith(kind + "/")}
         for name, array in expected.items():
@@ -490,9 +497,10 @@ def _other_network(path: str, detail: str, stored: dict) -> CheckpointError:
                                 "its text is stored in the weights file")
 
 
-def load_into(model, path: str, force: bool = False, warn=None) -> dict:
+def load_into(model, path: str, force: bool = False, warn=None,
+              force_flag: str = "--force") -> dict:
     """Load the weights file at `path` into `model` (checked as `restore_model` does);
     returns its metadata."""
     arrays, meta = load(path)
-    restore_model(model, arrays, meta, path, force, warn)
+    restore_model(model, arrays, meta, path, force, warn, force_flag)
     return meta

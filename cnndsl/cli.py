@@ -340,10 +340,16 @@ def run_train(args, context: dict) -> int:
     from pathlib import Path
 
     from cnndsl import checkpoint
-    from cnndsl.memory import check_fits
     from cnndsl.model import Model
     from cnndsl.parser import parse
-    from cnndsl.train import Interrupted, Trainer, metrics_paths
+    from cnndsl.train import (
+        Interrupted,
+        Trainer,
+        check_memory,
+        checkpoint_meta,
+        describe_run,
+        metrics_paths,
+    )
     from cnndsl.trainconfig import TrainConfig, convert, program_settings
 
     context["path"] = args.file
@@ -397,32 +403,25 @@ def run_train(args, context: dict) -> int:
     data, splits, limited = _training_data(data_request, config, model)
     for warning in data.warnings:
         print(f"cnndsl: warning: {warning}", file=sys.stderr)
-    run_data = {**data_request, "fingerprint": data.fingerprint}
-    meta = {"architecture": loaded.text, "bindings": loaded.bindings, "name": model.name,
-            "classes": list(data.dataset.classes), "data": data_request["data"],
-            "run_data": run_data, "train_block": in_file,
-            "input_shape": list(model.input_shape)}
-    x_tr, x_val = splits[0], splits[2]
-    trainer = Trainer(model, config, splits, out, meta,
-                      progress_bar=not args.no_progress and sys.stderr.isatty(),
+    meta = checkpoint_meta(model, text=loaded.text, bindings=loaded.bindings,
+                           classes=data.dataset.classes, data=data_request["data"],
+                           limit=data_request["limit"], fingerprint=data.fingerprint)
+    progress = False if args.no_progress else None  # None: a bar on a terminal
+    # the checkpoint at `out` and the metrics beside it: ModelCheckpoint and MetricsFiles
+    trainer = Trainer(model, config, splits, out, meta, progress_bar=progress,
                       log=lambda line: print(line, flush=True))
     if saved is not None:
-        changes = _resume_changes(saved[1], config, run_data, out, args)
+        changes = _resume_changes(saved[1], config, meta["run_data"], out, args)
         trainer.resume(out, *saved, changes=changes, force=args.force, warn=_warn)
         print(f"resuming {out}: {trainer.state.epoch} of {config.epochs} epochs done"
               + (f", batch {trainer.state.step} of the next" if trainer.state.step else ""))
         for change in changes:
             print(f"cnndsl: note: {change['setting']} changed from {change['from']} to "
                   f"{change['to']} (recorded in the metrics)", file=sys.stderr)
-    # activations that cannot fit are refused now, with their size, not as MemoryError
-    check_fits(model.graph, model.dtype.itemsize, min(config.batch, max(1, len(x_tr))),
-               train=True)
-    held_out = f", {len(x_val):,} held out" if len(x_val) else ", no validation split"
-    epochs = f"{config.epochs} epoch{'s' if config.epochs != 1 else ''}"
-    print(f"training {model.name} ({model.num_params:,} parameters) on "
-          f"{data.dataset.source}{limited}: {len(x_tr):,} images{held_out}, {epochs}, "
-          f"{config.optimizer} lr {config.learning_rate:g}, batch {config.batch}, "
-          f"seed {config.seed}", flush=True)
+    x_tr, x_val = splits[0], splits[2]
+    check_memory(model, min(config.batch, max(1, len(x_tr))), train=True)
+    print(describe_run(model, config, f"{data.dataset.source}{limited}", len(x_tr),
+                       len(x_val)), flush=True)
     _compile_kernels(model, config.batch, train=True, bar=not args.no_progress)
     try:
         state = trainer.run()
@@ -448,9 +447,10 @@ class _TrainingData:
 
 def _training_data(request: dict, config, model) -> tuple:
     """(data, (x_tr, y_tr, x_val, y_val, x_test, y_test), note): the dataset checked
-    against `model`, `--limit` applied to the training and the test images (seeded), the
-    validation part held out."""
+    against `model`, `--limit` applied to the training and the test images (seeded, as
+    `cnndsl.datasets.load(limit=)` does), the validation part held out."""
     from cnndsl.data import check_against, fingerprint, load_dataset, split_validation
+    from cnndsl.datasets import seeded_subset
 
     dataset = load_dataset(request["data"])
     warnings = check_against(dataset, model.input_shape, model.output_shape)
@@ -459,22 +459,12 @@ def _training_data(request: dict, config, model) -> tuple:
     note = ""
     limit = request["limit"]
     if limit:
-        x_train, y_train = _seeded_subset(x_train, y_train, limit, config.seed)
-        x_test, y_test = _seeded_subset(x_test, y_test, limit, config.seed + 1)
+        x_train, y_train = seeded_subset(x_train, y_train, limit, config.seed)
+        x_test, y_test = seeded_subset(x_test, y_test, limit, config.seed + 1)
         note = f" (--limit {limit}: {len(x_train):,} training, {len(x_test):,} test images)"
     splits = (*split_validation(x_train, y_train, config.val, config.seed), x_test, y_test)
     data = _TrainingData(dataset, warnings, fingerprint(*splits))
     return data, splits, note
-
-
-def _seeded_subset(x, y, limit: int, seed: int):
-    """A seeded random `limit` of the examples (all when there are fewer), in their order."""
-    import numpy as np
-
-    if limit >= len(x):
-        return x, y
-    keep = np.sort(np.random.default_rng(seed).permutation(len(x))[:limit])
-    return x[keep], y[keep]
 
 
 def _resume_changes(meta: dict, config, run_data: dict, out: str, args) -> list[dict]:
@@ -538,35 +528,11 @@ def _show_setting(value) -> str:
 
 def _compile_kernels(model, batch: int, train: bool, bar: bool = True) -> None:
     """Compile (or load from Numba's cache) the kernels `model` needs before its first
-    batch, saying so when that takes seconds: on a machine's first run, not in silence
-    behind a progress bar stuck at 0%."""
-    import time
+    batch, saying so on stderr when that takes seconds (cnndsl.train.compile_kernels, as
+    `Model.fit` does), with a progress bar on a terminal unless `bar` is False."""
+    from cnndsl.train import compile_kernels
 
-    from cnndsl.warmup import prepare
-
-    state = {}
-
-    def report(done: int, total: int, name: str | None) -> None:
-        if done == 0:
-            state["start"] = time.perf_counter()
-            print(f"compiling {total} kernel{'s' if total != 1 else ''} for this machine (first run only; cached "
-                  "for the next runs) ...", file=sys.stderr, flush=True)
-            if bar and sys.stderr.isatty():
-                from tqdm import tqdm
-
-                state["bar"] = tqdm(total=total, unit="kernel", leave=False,
-                                    dynamic_ncols=True)
-            return
-        if "bar" in state:
-            state["bar"].update(1)
-            state["bar"].set_postfix_str(name)
-        if done == total:
-            if "bar" in state:
-                state["bar"].close()
-            print(f"compiled {total} kernel{'s' if total != 1 else ''} in {time.perf_counter() - state['start']:.1f} s",
-                  file=sys.stderr, flush=True)
-
-    prepare(model, batch, report=report, train=train)
+    compile_kernels(model, batch, train, progress=None if bar else False)
 
 
 def _warn(message: str) -> None:
@@ -597,23 +563,19 @@ def _trained_model(args, weights_path: str):
 def run_eval(args, context: dict) -> int:
     from pathlib import Path
 
-    import numpy as np
-
     from cnndsl.data import check_against, load_dataset
-    from cnndsl.memory import check_fits
-    from cnndsl.report import confusion_matrix, format_evaluation, plot_confusion
-    from cnndsl.train import EVAL_BATCH, predict_proba
+    from cnndsl.report import format_evaluation, plot_confusion
+    from cnndsl.train import EVAL_BATCH, check_memory, evaluate
 
     context["path"] = args.file
     model, meta = _trained_model(args, args.weights)
     data = load_dataset(args.data or meta.get("data") or "fashion-mnist")
     check_against(data, model.input_shape, model.output_shape)
-    check_fits(model.graph, model.dtype.itemsize, min(EVAL_BATCH, max(1, len(data.x_test))))
+    check_memory(model, min(EVAL_BATCH, max(1, len(data.x_test))), train=False)
     _compile_kernels(model, EVAL_BATCH, train=False)
-    probs = np.concatenate([predict_proba(model, data.x_test[i:i + EVAL_BATCH])
-                            for i in range(0, len(data.x_test), EVAL_BATCH)])
-    predicted = probs.argmax(axis=1)
-    matrix = confusion_matrix(data.y_test, predicted, len(data.classes))
+    # what Model.evaluate(dataset) returns
+    result = evaluate(model, data.x_test, data.y_test, EVAL_BATCH, classes=len(data.classes))
+    matrix = result["confusion"]
     print(format_evaluation(matrix, data.classes, source=data.source))
     picture = f"{Path(args.weights).with_suffix('')}.confusion.png"
     plot_confusion(matrix, data.classes, picture)
@@ -625,18 +587,18 @@ def run_predict(args, context: dict) -> int:
     import numpy as np
 
     from cnndsl.data import load_images
-    from cnndsl.memory import check_fits
     from cnndsl.source import printable
-    from cnndsl.train import predict_proba
+    from cnndsl.train import EVAL_BATCH, check_memory, predict
 
     context["path"] = args.file
     model, meta = _trained_model(args, args.weights)
     images, notes = load_images(args.images, model.input_shape)
     for note in notes:
         print(f"cnndsl: note: {note}", file=sys.stderr)
-    check_fits(model.graph, model.dtype.itemsize, len(images))
-    _compile_kernels(model, len(images), train=False)
-    probs = predict_proba(model, images)
+    batch = min(EVAL_BATCH, len(images))
+    check_memory(model, batch, train=False)
+    _compile_kernels(model, batch, train=False)
+    probs = predict(model, images, batch)  # what Model.predict returns
     classes = meta.get("classes") or [str(i) for i in range(probs.shape[1])]
     for path, row in zip(args.images, probs):
         best = np.argsort(-row)[:max(1, args.top)]

@@ -1,4 +1,4 @@
-"""AST -> IR: a networkx DiGraph with one node per layer.
+"""AST -> IR: a networkx DiGraph (`Network`) with one node per layer.
 
 Repetitions and macro calls are expanded; each node remembers where it came from.
 Node ids are the layers' unique names (labels, or generated `conv1`, `relu2`, ...);
@@ -41,6 +41,21 @@ MAX_LAYERS = 100_000
 RESERVED_LABEL_PREFIX = "__"  # render's own nodes (__output__, __error__) and future ones
 
 
+class Network(nx.DiGraph):
+    """The IR graph: a networkx DiGraph (everything above holds) that a notebook shows as
+    its diagram and layer table (cnndsl.display; nothing is written to disk)."""
+
+    def _repr_svg_(self) -> str | None:
+        from cnndsl.display import svg
+
+        return svg(self)
+
+    def _repr_html_(self) -> str:
+        from cnndsl.display import html
+
+        return html(self)
+
+
 @dataclass(frozen=True)
 class Scope:
     """One repetition or macro call around a node.
@@ -65,7 +80,7 @@ class _Statements:
 
 
 def build_ir(program: ast.Program, bindings: dict | None = None,
-             text: str | None = None) -> nx.DiGraph:
+             text: str | None = None) -> Network:
     """Expand `program` into the layer graph. `bindings` override `let` (and may add names);
     `text`, the source, lets file-level errors point at its end."""
     return _Builder(program, dict(bindings or {}), text).build()
@@ -84,7 +99,7 @@ class _Builder:
         self.bound: dict = {}  # (call, argument values) -> params
 
     # ---- statements ------------------------------------------------------------
-    def build(self) -> nx.DiGraph:
+    def build(self) -> Network:
         statements = self._collect()
         for definition in self.defs.values():
             self._check_layer_names(definition.body)  # also in macros never called
@@ -349,9 +364,9 @@ class _Builder:
         self.nodes.append((node_id, attrs))
         return node_id
 
-    def _finish(self, last: int) -> nx.DiGraph:
+    def _finish(self, last: int) -> Network:
         names = _assign_names(self.nodes)
-        graph = nx.DiGraph()
+        graph = Network()
         for node_id, attrs in self.nodes:
             attrs["inputs"] = [names[i] for i in attrs["inputs"]]
             attrs["name"] = names[node_id]

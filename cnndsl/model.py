@@ -348,6 +348,104 @@ class Model:
         return (f"<cnndsl.Model {self.name}: {self.input_shape} -> {self.output_shape}, "
                 f"{self.num_params:,} parameters, {len(self.layers)} layers>")
 
+    # ---- the Python API of the CLI's commands (cnndsl.display, cnndsl.fit) ------------
+    #: the .cnn text and the `let` overrides the model was compiled from (set by
+    #: cnndsl.compile / cnndsl.load; None for a Model built from a graph): saved in weights
+    #: files, so `cnndsl eval --weights W.npz` needs no FILE
+    source_text: str | None = None
+    source_bindings: dict | None = None
+
+    def summary(self, json: bool = False, rf: bool = False, memory: bool = False,
+                batch: int | None = None):
+        """The `cnndsl check` table (a str that a REPL or notebook shows as the table);
+        `rf`, `memory` add the columns of --rf and --memory, `batch` sizes the training-step
+        memory line (default: the file's train block, else 64). `json=True`: the dict of
+        `check --json`."""
+        from cnndsl.display import summary
+
+        return summary(self.graph, json=json, rf=rf, memory=memory, batch=batch)
+
+    def _repr_svg_(self) -> str | None:
+        from cnndsl.display import svg
+
+        return svg(self.graph)
+
+    def _repr_html_(self) -> str:
+        from cnndsl.display import html
+
+        return html(self.graph)
+
+    def fit(self, x, y=None, *, epochs=None, batch=None, optimizer=None, lr=None,
+            momentum=None, nesterov=None, weight_decay=None, schedule=None, step_size=None,
+            gamma=None, seed=None, validation_split=None, validation_data=None, callbacks=(),
+            progress=None, verbose=True):
+        """Train on x: (N, *input) (channels-last; an input ending in 1 channel also takes
+        (N, *input without it)) and integer labels y: (N,), or on a dataset's train split
+        (`fit(cnndsl.datasets.load("fashion-mnist"))`), with `cnndsl train`'s loop.
+        Returns a `cnndsl.history.History`.
+
+        Each setting not given comes from the file's `train { }` block, else the CLI's
+        default: epochs 5, batch 64, optimizer "adam" (or "sgd", "adamw"), lr 0.001 (0.01
+        for sgd), momentum 0.9, nesterov False, weight_decay 0, schedule "none" (or
+        "step": lr × gamma (0.1) every step_size (2) epochs; "cosine"), seed 0 (the
+        shuffles and the validation split; initial weights and dropout come from
+        compile's seed, which is the train block's too), validation_split 0.1 (held out
+        of x, seeded; 0: none) unless validation_data=(x, y) (or a dataset: its test
+        split) is given. `callbacks`: cnndsl.callbacks (EarlyStopping, ModelCheckpoint,
+        CSVLogger, TensorBoard). `progress`: a bar per epoch (None: in a notebook or on a
+        terminal, not into a pipe); `verbose`: print a line per epoch, as the CLI does.
+        Ctrl-C ends the current batch, then raises cnndsl.train.Interrupted (a
+        KeyboardInterrupt; its `history` holds the finished epochs). Each call starts a
+        new run (a fresh optimizer) from the current weights."""
+        from cnndsl.fit import fit
+
+        return fit(self, x, y, epochs=epochs, batch=batch, optimizer=optimizer, lr=lr,
+                   momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
+                   schedule=schedule, step_size=step_size, gamma=gamma, seed=seed,
+                   validation_split=validation_split, validation_data=validation_data,
+                   callbacks=callbacks, progress=progress, verbose=verbose)
+
+    def evaluate(self, x, y=None, batch: int = 500) -> dict:
+        """Measure the model (inference mode) on x: (N, *input), y: (N,) class indices, or
+        on a dataset's test split: {"loss": mean cross-entropy, "accuracy", "per_class":
+        [accuracy of each class (NaN without examples)], "confusion": K×K int64 array,
+        rows the true class, columns the predicted one} — what `cnndsl eval` prints."""
+        from cnndsl.fit import evaluate
+
+        return evaluate(self, x, y, batch)
+
+    def predict(self, x, batch: int = 500) -> np.ndarray:
+        """Class probabilities (N, K) of x: (N, *input), in inference mode, `batch` at a
+        time (the Softmax output, or softmax of the output when the network has none)."""
+        from cnndsl.fit import predict
+
+        return predict(self, x, batch)
+
+    def save(self, path) -> None:
+        """Write the weights file `cnndsl train` writes (parameters, BatchNorm statistics,
+        the network's graph and, when known, its text), atomically."""
+        from cnndsl import checkpoint
+        from cnndsl.train import checkpoint_meta
+
+        meta = checkpoint_meta(self)
+        del meta["data"], meta["run_data"]  # no training run to describe
+        checkpoint.save(str(path), self, meta=meta)
+
+    def load_weights(self, path, force: bool = False) -> Model:
+        """Load the weights file at `path` (from `save`, `cnndsl train` or a
+        ModelCheckpoint) into this model; returns the model. Weights of another network
+        raise cnndsl.checkpoint.CheckpointError naming the first difference; `force=True`
+        loads them anyway, with a warning, if their names and shapes fit."""
+        import warnings
+
+        from cnndsl import checkpoint
+
+        # the warning names the line that called load_weights (through load_into,
+        # restore_model and check_architecture)
+        checkpoint.load_into(self, str(path), force=force, force_flag="force=True",
+                             warn=lambda message: warnings.warn(message, stacklevel=6))
+        return self
+
 
 def _joined(parts: list):
     """Shard results back into one batch (the array itself for a single shard)."""

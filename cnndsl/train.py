@@ -1,4 +1,11 @@
-"""The training loop behind `cnndsl train`: no op-specific code, only the Model API.
+"""The training loop: the one engine behind `cnndsl train` and `Model.fit`, no op-specific
+code, only the Model API. Evaluation and prediction live here too (`cnndsl eval`,
+`cnndsl predict`, `Model.evaluate`, `Model.predict` and the validation pass all call
+`evaluate` / `predict`).
+
+`Trainer` runs epochs over arrays with a `TrainConfig`, and calls its callbacks
+(cnndsl.callbacks): what the CLI writes each epoch, the checkpoint beside `-o` and the
+metrics files, are the callbacks `ModelCheckpoint` and `MetricsFiles`.
 
 Reproducible: the epoch's shuffle comes from (seed, epoch), the dropout RNG state is
 saved with the weights, so `--resume` continues exactly where a run stopped (at an epoch
@@ -8,11 +15,10 @@ file's progress, RNG state and optimizer state are checked against this run befo
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 import signal
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -50,9 +56,11 @@ class Progress:
                 "history": self.history, "test": self.test, "changes": self.changes}
 
 
-class Interrupted(Exception):
-    """Ctrl-C (SIGINT) or SIGTERM during training; the checkpoint was saved. `signum` is
-    the signal's number (the CLI exits 128 + signum, as a shell reports a signal)."""
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) or SIGTERM during training, taken at the end of a batch: the model
+    holds whole steps only, and the callbacks have saved what they save (the CLI's
+    checkpoint). `signum` is the signal's number (the CLI exits 128 + signum, as a shell
+    reports a signal). A KeyboardInterrupt, so Python code that stops on Ctrl-C stops."""
 
     def __init__(self, signum: int = signal.SIGINT):
         super().__init__(signal.Signals(signum).name)
@@ -77,22 +85,20 @@ def learning_rate(config: TrainConfig, epoch: int) -> float:
     return base
 
 
-def evaluate(model, x: np.ndarray, y: np.ndarray) -> dict:
-    """Mean cross-entropy and accuracy of `model` (inference mode) on x, y."""
-    if len(x) == 0:
-        return {"loss": float("nan"), "accuracy": float("nan")}
-    loss_sum, correct = 0.0, 0
-    for start in range(0, len(x), EVAL_BATCH):
-        probs = predict_proba(model, x[start:start + EVAL_BATCH])
-        labels = y[start:start + EVAL_BATCH]
-        picked = probs[np.arange(len(labels)), labels]
-        loss_sum += float(-np.log(np.maximum(picked, 1e-12)).sum())
-        correct += int((probs.argmax(axis=1) == labels).sum())
-    return {"loss": loss_sum / len(x), "accuracy": correct / len(x)}
+# ---- evaluation and prediction ----------------------------------------------------------
+
+def predict(model, x: np.ndarray, batch: int = EVAL_BATCH) -> np.ndarray:
+    """Class probabilities (N, K) of x: (N, *input), in inference mode, `batch` examples
+    at a time (peak memory: one batch's activations)."""
+    parts = [predict_proba(model, x[start:start + batch]) for start in range(0, len(x), batch)]
+    if not parts:
+        return np.empty((0, int(np.prod(model.output_shape))), dtype=model.dtype)
+    return np.concatenate(parts)
 
 
 def predict_proba(model, x: np.ndarray) -> np.ndarray:
-    """Class probabilities (N, K): the network's Softmax output, or softmax of its output."""
+    """Class probabilities (N, K) of one batch: the network's Softmax output, or softmax of
+    its output."""
     out = model.forward(x, train=False).reshape(len(x), -1)
     if model.logits_name == model.output_name:
         shifted = np.exp(out - out.max(axis=1, keepdims=True))
@@ -100,23 +106,188 @@ def predict_proba(model, x: np.ndarray) -> np.ndarray:
     return out
 
 
+def evaluate(model, x: np.ndarray, y: np.ndarray, batch: int = EVAL_BATCH,
+             classes: int | None = None) -> dict:
+    """Mean cross-entropy, accuracy, per-class accuracy and confusion matrix of `model`
+    (inference mode) on x: (N, *input), y: (N,) class indices.
+
+    {"loss", "accuracy", "per_class": [accuracy of class k, NaN without examples],
+    "confusion": (K, K) int64 ndarray, rows the true class, columns the predicted one}.
+    K is `classes` (default: the network's outputs), or more if a prediction is beyond
+    it. No examples: NaN loss and accuracy."""
+    from cnndsl.report import confusion_matrix
+
+    classes = int(np.prod(model.output_shape)) if classes is None else classes
+    loss_sum, predicted = 0.0, []
+    for start in range(0, len(x), batch):
+        probs = predict_proba(model, x[start:start + batch])
+        labels = y[start:start + batch]
+        picked = probs[np.arange(len(labels)), labels]
+        loss_sum += float(-np.log(np.maximum(picked, 1e-12)).sum())
+        predicted.append(probs.argmax(axis=1))
+    predicted = np.concatenate(predicted) if predicted else np.zeros(0, dtype=np.int64)
+    matrix = confusion_matrix(y, predicted, classes)
+    counts = matrix.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        per_class = np.diagonal(matrix) / counts
+    if len(x) == 0:
+        loss = accuracy = float("nan")
+    else:
+        loss, accuracy = loss_sum / len(x), int(np.trace(matrix)) / len(x)
+    return {"loss": loss, "accuracy": accuracy, "per_class": [float(a) for a in per_class],
+            "confusion": matrix}
+
+
+def _loss_and_accuracy(model, x, y) -> dict:
+    """What the history records of a validation or test pass (JSON-ready)."""
+    result = evaluate(model, x, y)
+    return {"loss": result["loss"], "accuracy": result["accuracy"]}
+
+
+# ---- progress bars and the first run's compilation ---------------------------------------
+
+def progress_shown(progress: bool | None) -> bool:
+    """Whether to draw progress bars: `progress` if given, else where someone sees them: in
+    a Jupyter notebook (a widget, or text without ipywidgets) or on a terminal; never into
+    a pipe or a log file."""
+    if progress is not None:
+        return bool(progress)
+    return in_notebook() or _isatty(sys.stderr)
+
+
+def in_notebook() -> bool:
+    """Running in a Jupyter kernel (the test tqdm.auto makes)."""
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None else None
+    return shell is not None and "IPKernelApp" in getattr(shell, "config", {})
+
+
+def _isatty(stream) -> bool:
+    try:
+        return stream is not None and stream.isatty()
+    except (AttributeError, ValueError):  # replaced or closed
+        return False
+
+
+def progress_bar(total: int, desc: str, unit: str, initial: int = 0):
+    """A tqdm.auto bar on stderr: a widget in a notebook, text on a terminal."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, unit=unit, leave=False, desc=desc,
+                dynamic_ncols=True)
+
+
+def compile_kernels(model, batch: int, train: bool, progress: bool | None = None,
+                    say=None) -> None:
+    """Compile (or load from Numba's cache) the kernels `model` needs before its first
+    batch, saying so (`say(line)`, default: to stderr) when that takes seconds: on a
+    machine's first run, not in silence behind a progress bar stuck at 0%."""
+    from cnndsl.warmup import prepare
+
+    if say is None:
+        def say(line: str) -> None:
+            print(line, file=sys.stderr, flush=True)
+    state = {}
+
+    def kernels(count: int) -> str:
+        return f"{count} kernel{'s' if count != 1 else ''}"
+
+    def report(done: int, total: int, name: str | None) -> None:
+        if done == 0:
+            state["start"] = time.perf_counter()
+            say(f"compiling {kernels(total)} for this machine (first run only; cached for "
+                "the next runs) ...")
+            if progress_shown(progress):
+                state["bar"] = progress_bar(total, "", "kernel")
+            return
+        if "bar" in state:
+            state["bar"].update(1)
+            state["bar"].set_postfix_str(name)
+        if done == total:
+            if "bar" in state:
+                state["bar"].close()
+            say(f"compiled {kernels(total)} in {time.perf_counter() - state['start']:.1f} s")
+
+    prepare(model, batch, report=report, train=train)
+
+
+def check_memory(model, batch: int, train: bool) -> None:
+    """Refuse now, with their size, activations that cannot fit (not a MemoryError later)."""
+    from cnndsl.memory import check_fits
+
+    check_fits(model.graph, model.dtype.itemsize, batch, train=train)
+
+
+def checkpoint_meta(model, text: str | None = None, bindings: dict | None = None,
+                    classes: list | None = None, data: str | None = None,
+                    limit: int | None = None, fingerprint: str | None = None) -> dict:
+    """What a run's checkpoints record besides weights and progress (docs/language.md
+    §11): the network's text and bindings (default: those `cnndsl.compile`/`load` kept on
+    the model), its name and input, the file's train block, the class names, and the data
+    (`--data` spec, `--limit`, a fingerprint) that `--resume` checks and loads again."""
+    text = text if text is not None else model.source_text
+    bindings = bindings if bindings is not None else model.source_bindings
+    meta = {"bindings": dict(bindings or {}), "name": model.name,
+            "input_shape": list(model.input_shape),
+            "train_block": dict(model.graph.graph.get("train_settings") or {}),
+            "data": data, "run_data": {"data": data, "limit": limit,
+                                       "fingerprint": fingerprint}}
+    if text is not None:
+        meta["architecture"] = text
+    if classes is not None:
+        meta["classes"] = [str(name) for name in classes]
+    return meta
+
+
+def describe_run(model, config: TrainConfig, source: str, n_train: int, n_val: int) -> str:
+    """The line printed before training (by `cnndsl train` and by `fit`)."""
+    held_out = f", {n_val:,} held out" if n_val else ", no validation split"
+    epochs = f"{config.epochs} epoch{'s' if config.epochs != 1 else ''}"
+    return (f"training {model.name} ({model.num_params:,} parameters) on {source}: "
+            f"{n_train:,} images{held_out}, {epochs}, {config.optimizer} lr "
+            f"{config.learning_rate:g}, batch {config.batch}, seed {config.seed}")
+
+
+# ---- the trainer ---------------------------------------------------------------------------
+
 class Trainer:
-    def __init__(self, model, config: TrainConfig, splits, out: str, meta: dict,
-                 progress_bar: bool = True, log=print):
+    """Trains `model` on `splits` = (x_train, y_train, x_val, y_val, x_test, y_test) (x:
+    N×*input float32, channels-last; y: N int64; validation and test may be empty) with
+    the settings of `config`.
+
+    `callbacks` (cnndsl.callbacks.Callback) are told of the run's events and may stop it
+    (`stop_training`). `out` is the CLI's files: the checkpoint at `out` and the metrics
+    beside it, every epoch (the callbacks ModelCheckpoint(out) and MetricsFiles(out)).
+    `meta` describes the run in saved checkpoints (architecture text, data, classes).
+    `progress_bar`: None draws one where it is seen (`progress_shown`); `log(line)` gets
+    the line printed after each epoch (None: nothing)."""
+
+    def __init__(self, model, config: TrainConfig, splits, out: str | None = None,
+                 meta: dict | None = None, progress_bar: bool | None = None, log=print,
+                 callbacks=()):
         self.model, self.config, self.out = model, config, out
         self.x_train, self.y_train, self.x_val, self.y_val, self.x_test, self.y_test = splits
-        self.meta = meta
+        self.meta = dict(meta or {})
         self.progress_bar = progress_bar
-        self.log = log
+        self.log = log if log is not None else (lambda line: None)
         self.optimizer = make_optimizer(config, model.parameters())
         self.state = Progress()
-        self._stop = False
+        self.callbacks = list(callbacks)
+        if out is not None:
+            from cnndsl.callbacks import MetricsFiles, ModelCheckpoint
+
+            self.callbacks[:0] = [ModelCheckpoint(out), MetricsFiles(out)]
+        #: set (by a callback, e.g. EarlyStopping) to end the run after this epoch
+        self.stop_training = False
+        self._stop = False  # the signal that asked to stop, as its number
 
     # ---- checkpoints -----------------------------------------------------------------
-    def save(self) -> None:
+    def save(self, path: str | None = None) -> None:
+        """The run as it is now, to `path` (default `out`): weights, optimizer state,
+        settings, progress and random state, resumable by `cnndsl train --resume`."""
         meta = {**self.meta, "config": self.config.as_dict(), "progress": self.state.as_dict(),
                 "rng": self.model.ctx.rng.bit_generator.state}
-        checkpoint.save(self.out, self.model, self.optimizer, meta)
+        checkpoint.save(path or self.out, self.model, self.optimizer, meta)
 
     def resume(self, path: str, arrays: dict | None = None, meta: dict | None = None,
                changes: list | None = None, force: bool = False, warn=None) -> None:
@@ -189,24 +360,39 @@ class Trainer:
 
     # ---- the loop ------------------------------------------------------------------------
     def run(self) -> Progress:
-        """Train the remaining epochs. SIGINT (Ctrl-C) and SIGTERM (kill, a batch system's
-        time limit) finish the batch, save, and raise Interrupted; a second one stops at
-        once. Signal handlers can only be set in the main thread: elsewhere, none are."""
+        """Train the remaining epochs (fewer if a callback stops the run), then measure the
+        test split once if there is one. SIGINT (Ctrl-C) and SIGTERM (kill, a batch
+        system's time limit) finish the batch, let the callbacks save (`on_interrupt`),
+        and raise Interrupted; a second one stops at once. Signal handlers can only be set
+        in the main thread: elsewhere, none are."""
         previous = {}
         if threading.current_thread() is threading.main_thread():
             for signum in (signal.SIGINT, signal.SIGTERM):
                 previous[signum] = signal.signal(signum, self._on_interrupt)
         try:
-            while self.state.epoch < self.config.epochs:
+            self.stop_training = False
+            for callback in self.callbacks:
+                callback.trainer = self
+            self._call("on_train_begin", self._last_row())
+            while self.state.epoch < self.config.epochs and not self.stop_training:
                 self._epoch()
             if self.state.test is None and len(self.x_test):
-                self.state.test = evaluate(self.model, self.x_test, self.y_test)
-                self.save()
-                write_metrics(self.out, self.state)
+                self.state.test = _loss_and_accuracy(self.model, self.x_test, self.y_test)
+                self._call("on_test_end", dict(self.state.test))
+            self._call("on_train_end", self._last_row())
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
         return self.state
+
+    def _call(self, event: str, *args) -> None:
+        for callback in self.callbacks:
+            handler = getattr(callback, event, None)  # a callback may have only some
+            if handler is not None:
+                handler(*args)
+
+    def _last_row(self) -> dict:
+        return dict(self.state.history[-1]) if self.state.history else {}
 
     def _on_interrupt(self, signum, frame):
         if self._stop:  # a second signal: stop at once
@@ -219,35 +405,38 @@ class Trainer:
         batches = max(1, -(-count // config.batch))
         order = np.random.default_rng([config.seed, state.epoch]).permutation(count)
         self.optimizer.lr = learning_rate(config, state.epoch)
+        self._call("on_epoch_begin", state.epoch + 1, {"lr": self.optimizer.lr})
         bar = self._bar(batches)
         started = time.perf_counter() - state.seconds
-        while state.step < batches:
-            if self._stop:
-                state.seconds = time.perf_counter() - started
-                self.save()
-                raise Interrupted(self._stop)
-            index = order[state.step * config.batch:(state.step + 1) * config.batch]
-            loss, probs, grads = self.model.loss_and_grads(self.x_train[index],
-                                                           self.y_train[index])
-            self.optimizer.step(grads)
-            state.step += 1
-            state.loss_sum += loss * len(index)
-            state.correct += int((probs.argmax(axis=1) == self.y_train[index]).sum())
-            state.seen += len(index)
+        try:
+            while state.step < batches:
+                if self._stop:
+                    state.seconds = time.perf_counter() - started
+                    self._call("on_interrupt", self._running_row())
+                    raise Interrupted(self._stop)
+                index = order[state.step * config.batch:(state.step + 1) * config.batch]
+                loss, probs, grads = self.model.loss_and_grads(self.x_train[index],
+                                                               self.y_train[index])
+                self.optimizer.step(grads)
+                state.step += 1
+                state.loss_sum += loss * len(index)
+                state.correct += int((probs.argmax(axis=1) == self.y_train[index]).sum())
+                state.seen += len(index)
+                if bar is not None:
+                    elapsed = time.perf_counter() - started
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{state.loss_sum / state.seen:.4f}",
+                                    acc=f"{state.correct / state.seen:.4f}",
+                                    img_s=f"{state.seen / max(elapsed, 1e-9):,.0f}")
+        finally:
             if bar is not None:
-                elapsed = time.perf_counter() - started
-                bar.update(1)
-                bar.set_postfix(loss=f"{state.loss_sum / state.seen:.4f}",
-                                acc=f"{state.correct / state.seen:.4f}",
-                                img_s=f"{state.seen / max(elapsed, 1e-9):,.0f}")
-        if bar is not None:
-            bar.close()
+                bar.close()
         seconds = time.perf_counter() - started
         row = {"epoch": state.epoch + 1, "lr": self.optimizer.lr,
                "loss": state.loss_sum / state.seen, "accuracy": state.correct / state.seen}
         shown = f"loss {row['loss']:.4f}  acc {row['accuracy']:.4f}  "
         if len(self.x_val):  # no validation split (--val 0): no figures, not NaN
-            val = evaluate(self.model, self.x_val, self.y_val)
+            val = _loss_and_accuracy(self.model, self.x_val, self.y_val)
             row.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
             shown += f"val_loss {row['val_loss']:.4f}  val_acc {row['val_accuracy']:.4f}  "
         row.update(seconds=seconds, images_per_s=state.seen / max(seconds, 1e-9))
@@ -257,18 +446,24 @@ class Trainer:
                  f"{row['images_per_s']:,.0f} img/s  {seconds:.1f} s")
         state.epoch += 1
         state.step, state.loss_sum, state.correct, state.seen, state.seconds = 0, 0.0, 0, 0, 0.0
-        self.save()
-        write_metrics(self.out, state)
+        self._call("on_epoch_end", row["epoch"], dict(row))
+
+    def _running_row(self) -> dict:
+        """The unfinished epoch's figures so far (what an interrupt reports)."""
+        state = self.state
+        row = {"epoch": state.epoch + 1, "step": state.step, "lr": self.optimizer.lr}
+        if state.seen:
+            row.update(loss=state.loss_sum / state.seen, accuracy=state.correct / state.seen)
+        return row
 
     def _bar(self, batches: int):
-        if not self.progress_bar:
+        if not progress_shown(self.progress_bar):
             return None
-        from tqdm import tqdm
+        return progress_bar(batches, f"epoch {self.state.epoch + 1}/{self.config.epochs}",
+                            "batch", initial=self.state.step)
 
-        return tqdm(total=batches, initial=self.state.step, unit="batch", leave=False,
-                    desc=f"epoch {self.state.epoch + 1}/{self.config.epochs}",
-                    dynamic_ncols=True)
 
+# ---- the CLI's metrics files -----------------------------------------------------------
 
 def metrics_paths(out: str) -> dict[str, Path]:
     base = Path(out)
@@ -281,14 +476,11 @@ def write_metrics(out: str, state: Progress) -> None:
     """Per-epoch metrics as CSV and JSON, and loss/accuracy curves as PNG, beside `out`;
     each written atomically (`checkpoint.write_atomically`: a full disk is a
     CheckpointError and leaves the previous file)."""
+    from cnndsl.history import write_csv
+
     paths = metrics_paths(out)
     if state.history:
-        columns = list(dict.fromkeys(k for row in state.history for k in row))
-        text = io.StringIO(newline="")
-        writer = csv.DictWriter(text, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(state.history)
-        checkpoint.write_atomically(paths["csv"], _writer(text.getvalue()), "metrics")
+        write_csv(paths["csv"], state.history, "metrics")
     document = {"epochs": state.history, "test": state.test}
     if state.changes:
         document["changes"] = state.changes
@@ -302,30 +494,9 @@ def _writer(text: str):
 
 
 def plot_curves(history: list, path: Path) -> None:
+    """The loss and accuracy curves (`cnndsl.history.curves_figure`) as a PNG at `path`."""
     if not history:
         return
-    import matplotlib
+    from cnndsl.history import curves_figure, write_png
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    epochs = [row["epoch"] for row in history]
-    figure, (left, right) = plt.subplots(1, 2, figsize=(9, 3.4))
-    validated = [r for r in history if "val_loss" in r]
-    left.plot(epochs, [r["loss"] for r in history], "o-", label="train")
-    right.plot(epochs, [r["accuracy"] for r in history], "o-", label="train")
-    if validated:
-        at = [r["epoch"] for r in validated]
-        left.plot(at, [r["val_loss"] for r in validated], "o-", label="validation")
-        right.plot(at, [r["val_accuracy"] for r in validated], "o-", label="validation")
-    left.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
-    right.set(xlabel="epoch", ylabel="accuracy", title="accuracy")
-    for axis in (left, right):
-        axis.grid(alpha=0.3)
-        axis.legend()
-    figure.tight_layout()
-    try:
-        checkpoint.write_atomically(path, lambda handle: figure.savefig(handle, format="png",
-                                                                       dpi=110), "curves")
-    finally:
-        plt.close(figure)
+    write_png(curves_figure(history), path)

@@ -53,6 +53,34 @@ class TrainConfig:
 KINDS = {f.name: f.type for f in fields(TrainConfig)}
 
 
+class SettingError(CnnDslError, ValueError):
+    """A bad training setting given from Python (`Model.fit(lr=-1)`): a CnnDslError, and a
+    ValueError as Python code expects of a bad argument."""
+
+
+def configured(file_settings: dict, given: dict, names: dict | None = None) -> TrainConfig:
+    """The defaults, overridden by the file's `train { }` settings (checked already), then
+    by `given` (None: not given), each checked by `convert`. `names` maps a setting to the
+    name the caller knows it by (`val` -> `validation_split`), for the error."""
+    config = TrainConfig()
+    for name, value in file_settings.items():
+        setattr(config, name, value)
+    for name, value in given.items():
+        if value is None:
+            continue
+        if hasattr(value, "item") and getattr(value, "ndim", None) == 0:
+            value = value.item()  # a NumPy scalar: np.int64(64) is a whole number
+        try:
+            setattr(config, name, convert(name, value))
+        except ValueError as error:
+            shown = (names or {}).get(name, name)
+            message = str(error)
+            if message.startswith(f"{name} "):
+                message = f"{shown} {message[len(name) + 1:]}"
+            raise SettingError(message) from None
+    return config
+
+
 def from_program(program: ast.Program, bindings: dict | None = None) -> TrainConfig:
     """The defaults overridden by the file's `train { ... }` block (if any)."""
     config = TrainConfig()
