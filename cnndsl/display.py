@@ -48,11 +48,11 @@ def _checked(graph: nx.DiGraph) -> bool:
 
 
 def _rows(graph: nx.DiGraph) -> tuple[dict, list[dict]]:
-    from cnndsl.htmlreport import _with_node_facts
+    from cnndsl.htmlreport import layer_facts
     from cnndsl.summary import to_json
 
     facts = to_json(graph)
-    return facts, [_with_node_facts(row, graph.nodes[row["name"]]) for row in facts["layers"]]
+    return facts, [layer_facts(row, graph.nodes[row["name"]]) for row in facts["layers"]]
 
 
 def _collapse(graph: nx.DiGraph) -> bool:
@@ -100,25 +100,25 @@ def html(graph: nx.DiGraph) -> str:
     families = list(dict.fromkeys(row["family"] for row in rows))
     parts = [_headline(facts, len(rows))]
     if note:
-        parts.append(f"<p class=\"note\">{htmlreport._e(note)}</p>")
+        parts.append(f"<p class=\"note\">{htmlreport.escape(note)}</p>")
     if drawn:
-        parts += [htmlreport._legend(["io", *families]), f"<div class=\"svgbox\">{drawn}</div>"]
-    parts.append(htmlreport._table_section(graph, facts, rows))
+        parts += [htmlreport.legend_html(["io", *families]), f"<div class=\"svgbox\">{drawn}</div>"]
+    parts.append(htmlreport.table_section(graph, facts, rows))
     return _fragment(parts)
 
 
 def _headline(facts: dict, layers: int) -> str:
-    from cnndsl.htmlreport import _e, shape_text
+    from cnndsl.htmlreport import escape, shape_text
     from cnndsl.summary import human_count
 
-    return (f"<p class=\"headline\"><strong>{_e(facts['name'])}</strong>: input "
-            f"{_e(shape_text(facts['input']))} → output {_e(shape_text(facts['output']))}"
+    return (f"<p class=\"headline\"><strong>{escape(facts['name'])}</strong>: input "
+            f"{escape(shape_text(facts['input']))} → output {escape(shape_text(facts['output']))}"
             f" · {layers:,} layers · {facts['params']:,} parameters · "
             f"{human_count(facts['macs'])} MACs per example</p>")
 
 
 def _partial_html(graph: nx.DiGraph) -> str:
-    from cnndsl.htmlreport import _e
+    from cnndsl.htmlreport import escape
     from cnndsl.summary import format_partial_table
 
     drawn = _partial_svg(graph)
@@ -127,7 +127,7 @@ def _partial_html(graph: nx.DiGraph) -> str:
     error = graph.graph.get("error")
     if error is not None:  # the table points at it: "<-- the error below"
         text += "\n" + str(error)
-    parts.append(f"<pre>{_e(text)}</pre>")
+    parts.append(f"<pre>{escape(text)}</pre>")
     return _fragment(parts)
 
 

@@ -57,18 +57,18 @@ def build_report(graph: nx.DiGraph, source: str, pictures: Pictures | None = Non
     from cnndsl.summary import to_json
 
     summary = to_json(graph)
-    rows = [_with_node_facts(row, graph.nodes[row["name"]]) for row in summary["layers"]]
+    rows = [layer_facts(row, graph.nodes[row["name"]]) for row in summary["layers"]]
     if collapse is None:
         collapse = len(rows) > COLLAPSE_ABOVE
     title = f"{summary['name']} — cnndsl report"
     parts = [
         _header(graph, summary, rows, source, pictures is not None),
         _diagram_section(graph, rows, collapse),
-        _table_section(graph, summary, rows),
+        table_section(graph, summary, rows),
     ]
     if pictures is not None:
         parts.append(_pictures_section(pictures))
-    footer = (f"<footer>Made by cnndsl {_e(__version__)} from <code>{_e(source)}</code>. "
+    footer = (f"<footer>Made by cnndsl {escape(__version__)} from <code>{escape(source)}</code>. "
               "This page is self-contained: it loads nothing from the network.</footer>")
     return (
         "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
@@ -76,18 +76,19 @@ def build_report(graph: nx.DiGraph, source: str, pictures: Pictures | None = Non
         # no page may load anything: a browser refuses requests the page itself makes
         "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; "
         "img-src data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'\">\n"
-        f"<title>{_e(title)}</title>\n<style>{CSS}</style>\n</head>\n<body>\n"
+        f"<title>{escape(title)}</title>\n<style>{CSS}</style>\n</head>\n<body>\n"
         + "\n".join(parts) + f"\n{footer}\n<div id=\"tip\" hidden></div>\n"
         f"<script>{SCRIPT}</script>\n</body>\n</html>\n")
 
 
-def _e(text) -> str:
+def escape(text) -> str:
+    """Text safe inside HTML elements and attribute values."""
     return html.escape(str(text), quote=True)
 
 
 # ---- facts per layer --------------------------------------------------------------------
 
-def _with_node_facts(row: dict, node: dict) -> dict:
+def layer_facts(row: dict, node: dict) -> dict:
     """The JSON row, plus the resolved op text, the family and whether the layer slides a
     window (only those show their padding, as in `cnndsl check --rf`)."""
     filled = dict(row)
@@ -137,9 +138,9 @@ def _header(graph, summary: dict, rows: list[dict], source: str, pictures: bool)
     bindings = graph.graph.get("bindings") or {}
     if bindings:
         facts.append(("bindings", ", ".join(f"{k} = {v}" for k, v in bindings.items())))
-    items = "".join(f"<div><dt>{_e(k)}</dt><dd>{_e(v)}</dd></div>" for k, v in facts)
-    return (f"<header><h1>{_e(summary['name'])}</h1>\n"
-            f"<p class=\"source\">cnndsl report of <code>{_e(source)}</code></p>\n"
+    items = "".join(f"<div><dt>{escape(k)}</dt><dd>{escape(v)}</dd></div>" for k, v in facts)
+    return (f"<header><h1>{escape(summary['name'])}</h1>\n"
+            f"<p class=\"source\">cnndsl report of <code>{escape(source)}</code></p>\n"
             f"<dl class=\"facts\">{items}</dl>\n"
             "<nav><a href=\"#diagram\">Diagram</a> <a href=\"#layers\">Layers</a> "
             + ("<a href=\"#inside\">Filters and feature maps</a>" if pictures else "")
@@ -156,11 +157,11 @@ def _diagram_section(graph, rows: list[dict], collapse: bool) -> str:
         if family not in families:
             families.append(family)
     body = f"<div class=\"svgbox\">{svg}</div>" if svg else ""
-    note_html = f"<p class=\"note\">{_e(note)}</p>" if note else ""
+    note_html = f"<p class=\"note\">{escape(note)}</p>" if note else ""
     return (f"<section id=\"diagram\"><h2>Diagram</h2>\n{note_html}"
             "<p class=\"hint\">Rest the pointer on a layer to see its arguments, output "
             "shape, receptive field, parameters and MACs; click it to find its row in the "
-            f"table. Each arrow carries the shape it transports.</p>\n{_legend(families)}\n"
+            f"table. Each arrow carries the shape it transports.</p>\n{legend_html(families)}\n"
             f"{body}</section>")
 
 
@@ -219,18 +220,18 @@ def inline_svg(svg: str) -> str:
     return svg.strip()
 
 
-def _legend(families: list[str]) -> str:
+def legend_html(families: list[str]) -> str:
     from cnndsl.render import FAMILY_COLOURS
 
     items = "".join(
         f"<li><span class=\"swatch\" style=\"background:{FAMILY_COLOURS.get(f, '#fff')}\">"
-        f"</span>{_e(FAMILY_NAMES.get(f, f))}</li>" for f in families)
+        f"</span>{escape(FAMILY_NAMES.get(f, f))}</li>" for f in families)
     return f"<ul class=\"legend\">{items}</ul>"
 
 
 # ---- the layer table --------------------------------------------------------------------
 
-def _table_section(graph, summary: dict, rows: list[dict]) -> str:
+def table_section(graph, summary: dict, rows: list[dict]) -> str:
     from cnndsl.render import FAMILY_COLOURS
 
     columns = [("layer", "", None), ("op", "", None), ("output", "", None)]
@@ -247,14 +248,14 @@ def _table_section(graph, summary: dict, rows: list[dict]) -> str:
     for row in rows:
         colour = FAMILY_COLOURS.get(row["family"], "#fff")
         swatch = f"<span class=\"swatch\" style=\"background:{colour}\"></span>"
-        cells = [f"<td>{swatch}{_e(row['name'])}</td>",
-                 f"<td class=\"op\">{_e(row['op_text'])}</td>",
-                 f"<td class=\"shape\">{_e(shape_text(row['shape']))}</td>"]
+        cells = [f"<td>{swatch}{escape(row['name'])}</td>",
+                 f"<td class=\"op\">{escape(row['op_text'])}</td>",
+                 f"<td class=\"shape\">{escape(shape_text(row['shape']))}</td>"]
         for key in keys[3:-2]:
-            cells.append(f"<td class=\"num\">{_e(_fact(row, key))}</td>")
+            cells.append(f"<td class=\"num\">{escape(_fact(row, key))}</td>")
         cells.append(f"<td class=\"num\">{row['params']:,}</td>")
         cells.append(f"<td class=\"num\">{row['macs']:,}</td>")
-        body.append(f"<tr id=\"layer-{_e(row['name'])}\">{''.join(cells)}</tr>")
+        body.append(f"<tr id=\"layer-{escape(row['name'])}\">{''.join(cells)}</tr>")
     totals = (f"<tr class=\"total\"><td colspan=\"{len(columns) - 2}\">total</td>"
               f"<td class=\"num\">{summary['params']:,}</td>"
               f"<td class=\"num\">{summary['macs']:,}</td></tr>")
@@ -264,9 +265,9 @@ def _table_section(graph, summary: dict, rows: list[dict]) -> str:
 
 
 def _th(name: str, tip: str, numeric: bool) -> str:
-    title = f" title=\"{_e(tip)}\"" if tip else ""
+    title = f" title=\"{escape(tip)}\"" if tip else ""
     kind = " class=\"num\"" if numeric else ""
-    return f"<th{kind}{title}>{_e(name)}</th>"
+    return f"<th{kind}{title}>{escape(name)}</th>"
 
 
 def _fact(row: dict, key: str) -> str:
@@ -286,14 +287,14 @@ def _pictures_section(pictures: Pictures) -> str:
     """The pictures carry their own titles (layer, arguments, shape, scale); the page adds
     where the weights come from."""
     state = "trained" if pictures.trained else "untrained"
-    parts = [f"<p class=\"weights {state}\">{_e(pictures.weights)}</p>"]
-    parts += [f"<p class=\"note\">{_e(note)}</p>" for note in pictures.notes]
+    parts = [f"<p class=\"weights {state}\">{escape(pictures.weights)}</p>"]
+    parts += [f"<p class=\"note\">{escape(note)}</p>" for note in pictures.notes]
     if pictures.filters:
         layer = pictures.filters_layer or "the first conv layer"
         caption = f"The filters of {layer}" + (
             ", as trained." if pictures.trained else
             ": untrained, random initial values (no pattern is expected).")
-        parts.append(f"<h3>Filters</h3>\n<p class=\"hint\">{_e(caption)}</p>\n"
+        parts.append(f"<h3>Filters</h3>\n<p class=\"hint\">{escape(caption)}</p>\n"
                      f"<figure>{_img(pictures.filters, caption, 240)}</figure>")
     if pictures.feature_maps or pictures.input_image:
         figures = []
@@ -328,7 +329,7 @@ def _img(png: bytes, alt: str, min_width: int) -> str:
     scale = max(1, -(-min_width // max(width, 1)))
     data = base64.b64encode(png).decode("ascii")
     sharp = " class=\"pixels\"" if scale > 1 else ""
-    return (f"<img{sharp} src=\"data:image/png;base64,{data}\" alt=\"{_e(alt)}\" "
+    return (f"<img{sharp} src=\"data:image/png;base64,{data}\" alt=\"{escape(alt)}\" "
             f"width=\"{width * scale}\" height=\"{height * scale}\">")
 
 
