@@ -10,15 +10,14 @@
 from __future__ import annotations
 
 import io
-import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 from conftest import EXAMPLES, ROOT
+from corpus import doc_programs, parses
 
-from cnndsl import check_text, parse
+from cnndsl import check_text
 from cnndsl.cli import main
 from cnndsl.errors import CnnDslError, ParseError
 from cnndsl.fmt import UnsafeFormat, format_text
@@ -252,11 +251,6 @@ def test_keywords_are_not_reordered_around_a_comment():
 
 # ---- idempotence and graph identity on every program we have -------------------------------
 
-def _code_blocks(path: Path) -> list[str]:
-    text = path.read_text(encoding="utf-8")
-    return [block for block in re.findall(r"^```(?:cnn)?\n(.*?)^```", text, re.DOTALL | re.MULTILINE)]
-
-
 def _graph_facts(graph) -> tuple:
     """What a compiled network is, without source positions."""
     nodes = []
@@ -269,23 +263,12 @@ def _graph_facts(graph) -> tuple:
             graph.graph["bindings"], graph.graph["output"], graph.graph["train_settings"])
 
 
-def _parses(text: str) -> bool:
-    try:
-        parse(text)
-    except CnnDslError:
-        return False
-    return True
-
-
 PROGRAMS = {f"examples/{p.name}": p.read_text(encoding="utf-8")
             for p in sorted(EXAMPLES.glob("*.cnn"))}
 PROGRAMS.update({f"tests/programs/{p.parent.name}/{p.name}": p.read_text(encoding="utf-8")
                  for p in sorted((ROOT / "tests" / "programs").rglob("*.cnn"))})
-for _doc in (ROOT / "docs" / "language.md", ROOT / "README.md"):
-    for _i, _block in enumerate(_code_blocks(_doc)):
-        if "input" in _block and _parses(_block):
-            PROGRAMS[f"{_doc.name} block {_i}"] = _block
-PARSING = {name: text for name, text in PROGRAMS.items() if _parses(text)}
+PROGRAMS.update(doc_programs())
+PARSING = {name: text for name, text in PROGRAMS.items() if parses(text)}
 
 
 def test_the_corpus_is_not_empty():

@@ -23,7 +23,8 @@ import dataclasses
 import os
 import re
 
-from conftest import EXAMPLES, ROOT
+from conftest import EXAMPLES
+from corpus import checks, doc_programs
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from lark import Lark
@@ -58,22 +59,8 @@ WRITTEN_HERE = [
 ]
 
 
-def _checks(text: str) -> bool:
-    try:
-        check_text(text)
-    except CnnDslError:
-        return False
-    return True
-
-
-def _docs_programs() -> list[str]:
-    doc = (ROOT / "docs" / "language.md").read_text(encoding="utf-8")
-    blocks = re.findall(r"^```\n(.*?)^```", doc, re.DOTALL | re.MULTILINE)
-    return [block for block in blocks if "input" in block and _checks(block)]
-
-
 SOURCES = sorted({*(p.read_text(encoding="utf-8") for p in EXAMPLES.glob("*.cnn")),
-                  *_docs_programs(), *WRITTEN_HERE})
+                  *(text for _, text in doc_programs() if checks(text)), *WRITTEN_HERE})
 
 
 # ---- where things may go -------------------------------------------------------------------

@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from corpus import doc_programs
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from lark import Lark
@@ -27,10 +28,9 @@ from pygments.lexers import find_lexer_class_by_name, get_lexer_by_name, get_lex
 from pygments.token import Error, Keyword, Name, Number, Operator, Punctuation, Text, Token
 
 from cnndsl import highlight
-from cnndsl.errors import CnnDslError
 from cnndsl.highlight import CnnLexer, scan, styled_tokens, token_definitions
 from cnndsl.ops import OPS, Op
-from cnndsl.parser import grammar_text, parse
+from cnndsl.parser import grammar_text
 from cnndsl.tools import textmate
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,30 +40,6 @@ EXAMPLES = sorted((ROOT / "examples").glob("*.cnn"))
 VALID_FIXTURES = sorted(path for path in (ROOT / "tests" / "programs").glob("*/*.cnn")
                         if path.parent.name != "bad")
 BAD_PROGRAMS = sorted((ROOT / "tests" / "programs" / "bad").glob("*.cnn"))
-DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.DOTALL | re.MULTILINE)
-
-
-def doc_programs() -> list[tuple[str, str]]:
-    """(where, text) of the README's and docs' code blocks that are .cnn programs: those
-    tagged ```cnn, and untagged ones that parse."""
-    programs = []
-    for doc in DOCS:
-        for number, match in enumerate(FENCE.finditer(doc.read_text(encoding="utf-8"))):
-            language, text = match.groups()
-            if language == "cnn" or (language == "" and _parses(text)):
-                programs.append((f"{doc.name}#{number}", text))
-    return programs
-
-
-def _parses(text: str) -> bool:
-    try:
-        parse(text)
-    except CnnDslError:
-        return False
-    return True
-
-
 def valid_programs() -> list[tuple[str, str]]:
     files = [(path.relative_to(ROOT).as_posix(), path.read_text(encoding="utf-8"))
              for path in [*EXAMPLES, *VALID_FIXTURES]]
