@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import ctypes
 import ctypes.util
+import dataclasses
 import os
 import sys
 from functools import partial
@@ -19,7 +20,7 @@ import networkx as nx
 import numpy as np
 
 from cnndsl.memory import check_fits
-from cnndsl.ops import OPS, Ctx
+from cnndsl.ops import OPS, Ctx, Layer, frozen_geometry, graph_layer
 from cnndsl.parallel import SMALL_NET_MACS, ShardGroup, run_sharded, shard_bounds, shard_count
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters
@@ -106,46 +107,43 @@ class Model:
         return self._runners[0].ctx
 
     @property
-    def layers(self) -> list:
-        """(name, op, params, geometry, arrays, inputs) per layer, in execution order."""
+    def layers(self) -> list[Layer]:
+        """The run plan: one cnndsl.ops.Layer per layer (not the Input), in execution
+        order, activations fused (see `make_layers`)."""
         return self._runners[0].layers
 
-    def make_layers(self, fuse: bool = True) -> list:
-        """A fresh execution plan: per-layer geometry (which an op may use as its own work
-        area, so each runner gets its own) with activations fused in (unless `fuse` is
-        False: then every layer computes its own output, as `features` needs), over the
-        shared parameter arrays."""
-        layers = []
-        for name, node in self.graph.nodes(data=True):
-            if node["op"] == "Input":
-                continue
-            op = OPS[node["op"]]
-            in_shapes = [self.graph.nodes[i]["shape"] for i in node["inputs"]]
-            layers.append((name, op, node["params"], op.geometry(node["params"], in_shapes),
-                           self._arrays[name], node["inputs"]))
+    def make_layers(self, fuse: bool = True) -> list[Layer]:
+        """An execution plan: a cnndsl.ops.Layer per layer (read-only geometry; the
+        weights are the model's arrays) with activations fused in (unless `fuse` is
+        False: then every layer computes its own output, as `features` and the exporters
+        need)."""
+        layers = [graph_layer(self.graph, name, self._arrays[name]) for name in self.graph
+                  if name != self.input_name]
         if fuse:
             self._fuse_activations(layers)
         return layers
 
-    def _fuse_activations(self, layers: list) -> None:
+    def _fuse_activations(self, layers: list[Layer]) -> None:
         """The fusion plan: a layer whose op lists an activation in `fusable_activations`,
         read only by a layer of that activation, computes it itself
-        (geometry["activation"]); the activation layer becomes a pass-through. Saves a pass
-        over the activations each way and one activation-sized array."""
-        index = {name: i for i, (name, *_) in enumerate(layers)}
-        for i, (name, op, params, geometry, local, inputs) in enumerate(layers):
-            kind = getattr(op, "activation", None)
-            if kind is None or len(inputs) != 1 or inputs[0] not in index:
+        (geometry["activation"]); the activation layer becomes a pass-through
+        (`fused_into` names the layer computing it). Saves a pass over the activations
+        each way and one activation-sized array."""
+        index = {layer.name: i for i, layer in enumerate(layers)}
+        for i, layer in enumerate(layers):
+            kind = getattr(layer.kind, "activation", None)
+            if kind is None or len(layer.inputs) != 1 or layer.inputs[0] not in index:
                 continue
-            source = inputs[0]
+            source = layer.inputs[0]
             j = index[source]
             producer = layers[j]
-            if (kind not in getattr(producer[1], "fusable_activations", ())
+            if (kind not in getattr(producer.kind, "fusable_activations", ())
                     or self._consumers[source] != 1 or source == self.logits_name
-                    or not isinstance(producer[3], dict) or "activation" in producer[3]):
+                    or producer.geometry is None or "activation" in producer.geometry):
                 continue
-            layers[j] = (*producer[:3], {**producer[3], "activation": kind}, *producer[4:])
-            layers[i] = (name, _FusedInto, params, geometry, local, inputs)
+            layers[j] = dataclasses.replace(producer, geometry=frozen_geometry(
+                {**producer.geometry, "activation": kind}))
+            layers[i] = dataclasses.replace(layer, fused_into=source)
 
     def sandbox(self) -> Model:
         """A model that runs like this one and shares its parameter arrays (which no step
@@ -201,9 +199,10 @@ class Model:
         values = {self.input_name: x}
         remaining = dict(self._consumers)
         missing = set(wanted)
-        for name, op, params, geometry, local, inputs in plan:
-            values[name], _ = op.forward(params, geometry, local,
-                                         [values[i] for i in inputs], ctx)
+        for layer in plan:
+            name, inputs = layer.name, layer.inputs
+            values[name], _ = layer.kind.forward(layer.params, layer.geometry, layer.weights,
+                                                 [values[i] for i in inputs], ctx)
             missing.discard(name)
             if not missing:
                 break  # the later layers are not asked for
@@ -215,7 +214,7 @@ class Model:
 
     def _feature_names(self, layers) -> list[str]:
         """The layers `features` returns: all (execution order) or `layers`, checked."""
-        names = [name for name, *_ in self.layers]
+        names = [layer.name for layer in self.layers]
         if layers is None:
             return names
         if isinstance(layers, str):
@@ -466,6 +465,10 @@ class _Runner:
         self.model = model
         self.ctx = Ctx(train=False, rng=rng, backend=model.backend)
         self.layers = model.make_layers()
+        #: per layer, the op class run (a pass-through for a fused activation) and its
+        #: work area (Ctx.work): this runner's own, where geometry is shared
+        self.steps = [(layer, _FusedInto if layer.fused_into else layer.kind, {})
+                      for layer in self.layers]
         self.saved = None
         self.logits = None
         #: None, or timer(phase, layer) called at the start of each pass (layer None) and
@@ -482,9 +485,12 @@ class _Runner:
         timer = self.timer
         if timer is not None:
             timer("forward", None)
-        for name, op, params, geometry, local, inputs in self.layers:
-            y, state = op.forward(params, geometry, local, [values[i] for i in inputs],
-                                  self.ctx)
+        ctx = self.ctx
+        for layer, op, work in self.steps:
+            name, inputs = layer.name, layer.inputs
+            ctx.work = work
+            y, state = op.forward(layer.params, layer.geometry, layer.weights,
+                                  [values[i] for i in inputs], ctx)
             if save:
                 saved[name] = state
             values[name] = y
@@ -524,12 +530,15 @@ class _Runner:
         timer = self.timer
         if timer is not None:
             timer("backward", None)
-        for name, op, params, geometry, local, inputs in reversed(self.layers):
+        for layer, op, work in reversed(self.steps):
+            name, inputs = layer.name, layer.inputs
             dy = pending.pop(name, None)
             if dy is None:
                 continue  # not on a path to the seeds (e.g. the Softmax behind the logits)
             self.ctx.need_dx = need_input_grad or any(i != input_name for i in inputs)
-            dxs, dws = op.backward(params, geometry, local, self.saved[name], dy, self.ctx)
+            self.ctx.work = work
+            dxs, dws = op.backward(layer.params, layer.geometry, layer.weights,
+                                   self.saved[name], dy, self.ctx)
             for local_name, grad in dws.items():
                 grads[f"{name}.{local_name}"] = grad.astype(self.model.dtype, copy=False)
             for source, dx in zip(inputs, dxs):

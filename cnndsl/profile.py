@@ -291,16 +291,16 @@ def _step(model, optimizer, x, labels, clock: LayerClock | None = None) -> tuple
 def _layer_costs(model, batch: int, samples: dict) -> list[LayerCost]:
     """One LayerCost per layer in source order, from the clock's samples; a fused
     activation's own (pass-through) time is added to the layer it is fused into."""
-    from cnndsl.model import _FusedInto
     from cnndsl.summary import op_text
 
-    fused = {name: inputs[0] for name, op, *_, inputs in model.layers if op is _FusedInto}
+    fused = {layer.name: layer.fused_into for layer in model.layers if layer.fused_into}
     steps = []
     for forward, backward in samples["layers"]:
         steps.append(tuple(_fold_fused(times, fused) for times in (forward, backward)))
     graph, itemsize = model.graph, model.dtype.itemsize
     costs = []
-    for name, op, *_, inputs in model.layers:
+    for layer in model.layers:
+        name, inputs = layer.name, layer.inputs
         node = graph.nodes[name]
         macs = node.get("macs", 0)
         # the backward of a layer reading the network's input computes no input gradient

@@ -30,8 +30,8 @@ def batch(model, n=3, seed=1):
 
 def fused_layers(model):
     """Layers whose run-plan step also computes the ReLU after them."""
-    return [name for name, op, params, geo, *_ in model.layers
-            if isinstance(geo, dict) and geo.get("activation") == "relu"]
+    return [layer.name for layer in model.layers
+            if layer.geometry is not None and layer.geometry.get("activation") == "relu"]
 
 
 def torch_module(model):

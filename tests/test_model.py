@@ -187,8 +187,8 @@ Conv(4, 3) -> ReLU -> { Conv(3, 3, stride=2) -> ReLU | MaxPool(3, 2, pad=1) -> C
 
 def test_conv_relu_fusion_plan_and_gradients():
     model = model_of(FUSED)
-    fused = [name for name, op, params, geo, *_ in model.layers
-             if isinstance(geo, dict) and geo.get("activation") == "relu"]
+    fused = [layer.name for layer in model.layers
+             if layer.geometry is not None and layer.geometry.get("activation") == "relu"]
     assert len(fused) == 3  # every Conv -> ReLU pair; the 1x1 Conv has no ReLU after it
     x = np.random.default_rng(11).normal(size=(2, 9, 9, 2))
     numeric_gradcheck(model, x, train=True)
@@ -204,8 +204,8 @@ def test_conv_relu_fusion_plan_and_gradients():
 
 def test_relu_with_fan_out_or_on_the_output_is_not_fused():
     model = model_of("input 6x6x2\nConv(3, 3) -> { ReLU | Identity } -> FC(2)")
-    assert not any(isinstance(geo, dict) and "activation" in geo
-                   for _, _, _, geo, *_ in model.layers)
+    assert not any(layer.geometry is not None and "activation" in layer.geometry
+                   for layer in model.layers)
     ends = model_of("input 6x6x2\nConv(3, 3) -> ReLU")
     x = np.random.default_rng(13).normal(size=(2, 6, 6, 2))
     assert np.array_equal(ends.forward(x), np.maximum(ends.forward(x), 0))
@@ -288,7 +288,7 @@ def test_torch_networks_have_fused_activations(name):
     """Each FUSED_TORCH network has a Conv -> ReLU folded, so the comparisons below
     exercise the fusion (they would not, were the plan to change)."""
     model = model_of(FUSED_TORCH[name], dtype=np.float32)
-    assert any(op.name == "FusedActivation" for _, op, *_ in model.layers)
+    assert any(layer.fused_into for layer in model.layers)
 
 
 @pytest.mark.parametrize("train", [True, False])
@@ -302,7 +302,7 @@ def test_forward_and_gradients_match_pytorch(text, train):
         model.forward(np.random.default_rng(6).normal(size=(4, *model.input_shape)),
                       train=True)
     x = np.random.default_rng(7).normal(size=(4, *model.input_shape)).astype(np.float32)
-    has_dropout = any(op.name == "Dropout" for _, op, *_ in model.layers)
+    has_dropout = any(layer.op == "Dropout" for layer in model.layers)
     if has_dropout and train:
         pytest.skip("dropout masks differ between engines; compared in eval mode")
     y = model.forward(x, train=train)

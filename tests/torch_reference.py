@@ -5,11 +5,11 @@ ops on NCHW tensors, using cnndsl's parameters unchanged (they are in PyTorch's 
 docs/language.md). Asymmetric 'same' padding is applied with F.pad first.
 Dropout is the identity here: compare networks with dropout in eval mode.
 
-It walks the graph as written, not the model's run plan (`model.layers`): the plan folds
-an activation into the layer before it (a Conv computes the ReLU after it, and the ReLU
-becomes a pass-through `FusedActivation`), and a reference that followed the plan would
-repeat any mistake in it. Here every ReLU is its own F.relu, so a fused network is checked
-against the unfused computation it must equal.
+It walks the graph as written (`cnndsl.export.layers`, every layer unfused), not the
+model's run plan (`model.layers`): the plan folds an activation into the layer before it (a
+Conv computes the ReLU after it, and the ReLU becomes a pass-through), and a reference that
+followed the plan would repeat any mistake in it. Here every ReLU is its own F.relu, so a
+fused network is checked against the unfused computation it must equal.
 """
 
 from __future__ import annotations
@@ -143,22 +143,19 @@ def torch_forward(model, x, train=False):
 
     Returns (output as numpy channels-last, input tensor, {param name: leaf tensor}) so
     callers can backpropagate and compare gradients."""
-    graph = model.graph
+    from cnndsl.export import layers
+
     leaves = {name: torch.from_numpy(array.astype("float64")).requires_grad_(True)
               for name, array in model.parameters().items()}
     buffers = {name: torch.from_numpy(array.astype("float64").copy())
                for name, array in model.buffers().items()}
+    arrays = {**leaves, **buffers}
     x_t = nchw(x).requires_grad_(True)
     values = {model.input_name: x_t}
-    for name, node in graph.nodes(data=True):  # topological: the order the model runs
-        if node["op"] == "Input":
-            continue
-        op, params, inputs = OPS[node["op"]], node["params"], node["inputs"]
-        in_shapes = [graph.nodes[i]["shape"] for i in inputs]
-        local = {k.split(".", 1)[1]: v for k, v in {**leaves, **buffers}.items()
-                 if k.split(".", 1)[0] == name}
-        values[name] = run_node(op.name, params, op.geometry(params, in_shapes), local,
-                                [values[i] for i in inputs], len(in_shapes[0]) - 1, train)
+    for layer in layers(model):  # the unfused plan: the graph's nodes, in the model's order
+        local = {k: arrays[f"{layer.name}.{k}"] for k in layer.weights}
+        values[layer.name] = run_node(layer.op, layer.params, layer.geometry, local,
+                                      [values[i] for i in layer.inputs], layer.rank, train)
     out = values[model.output_name]
     return out, x_t, leaves
 

@@ -1,66 +1,35 @@
 """Export a compiled model to run elsewhere: ONNX (`onnx.to_onnx`) and a PyTorch module
 (`pytorch.to_pytorch`, and `pytorch.load_pytorch_state` for the way back).
 
-Both exporters walk `layers(model)`: the IR's nodes in execution (topological) order with
-what an exporter needs, read from the graph and the op registry, not from the model's
-run plan (which folds activations into the layer before them). Exported networks compute
-what `model.forward(x, train=False)` computes, on channels-last arrays (N, *input).
+Both exporters walk `layers(model, with_input=True)`: the IR's nodes in execution
+(topological) order as `cnndsl.ops.Layer` records, the runtime's own (the model's unfused
+run plan; its fused plan folds activations into the layer before them), and ask each
+node's op class to emit it (`OPS[layer.op].onnx(...)` / `.pytorch(...)`, helpers in
+cnndsl.export.emit): neither exporter knows any layer kind by name. Exported networks
+compute what `model.forward(x, train=False)` computes, on channels-last arrays (N, *input).
 """
 
 from __future__ import annotations
 
 import keyword
 import re
-from dataclasses import dataclass
 
 import numpy as np
 
 from cnndsl.errors import CnnDslError
-from cnndsl.ops import OPS
+from cnndsl.ops import Layer, graph_layer
 
 
 class ExportError(CnnDslError):
     """The network (or a setting) cannot be exported to the requested format."""
 
 
-@dataclass(frozen=True)
-class Layer:
-    """One IR node, as exporters see it. Shapes are cnndsl's (spatial..., C) or (F,)."""
-
-    name: str
-    op: str  # canonical registry name: Conv, MaxPool, Concat, ...
-    params: object
-    geometry: dict | None  # the op's geometry(): (D, H, W) triples
-    inputs: tuple[str, ...]
-    in_shapes: tuple[tuple[int, ...], ...]
-    shape: tuple[int, ...]
-    weights: dict  # local name -> the model's array (parameters, then buffers)
-
-    @property
-    def rank(self) -> int:
-        """Spatial axes of the (first) input: 0 for a flat (N, F) tensor."""
-        return len(self.in_shapes[0]) - 1 if self.in_shapes else len(self.shape) - 1
-
-    def per_rank(self, key: str) -> tuple[int, ...]:
-        """A geometry triple cut down to the input's spatial axes."""
-        return tuple(self.geometry[key][3 - self.rank:])
-
-
-def layers(model) -> list[Layer]:
-    """The model's layers (not its Input) in execution order."""
-    graph = model.graph
-    arrays = {**model.parameters(), **model.buffers()}
-    result = []
-    for name, node in graph.nodes(data=True):
-        if node["op"] == "Input":
-            continue
-        op = OPS[node["op"]]
-        in_shapes = tuple(tuple(graph.nodes[i]["shape"]) for i in node["inputs"])
-        weights = {key.split(".", 1)[1]: array for key, array in arrays.items()
-                   if key.split(".", 1)[0] == name}
-        result.append(Layer(name, op.name, node["params"], op.geometry(node["params"], in_shapes),
-                            tuple(node["inputs"]), in_shapes, tuple(node["shape"]), weights))
-    return result
+def layers(model, with_input: bool = False) -> list[Layer]:
+    """The model's layers in execution order (its unfused run plan: each layer computes
+    its own output); its Input first too if `with_input` (the exporters' walk: every
+    node, each emitted by its op class's hook)."""
+    plan = model.make_layers(fuse=False)
+    return [graph_layer(model.graph, model.input_name), *plan] if with_input else plan
 
 
 def consumers(model) -> dict[str, list[str]]:

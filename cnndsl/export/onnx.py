@@ -9,31 +9,20 @@ Every intermediate tensor has a value_info with its full shape (channels-first i
 batch axis named "batch"), from ONNX's own shape inference in strict mode, so viewers such
 as Netron show the shapes.
 
-Layer -> ONNX (x is NC* inside the graph):
-    Conv, DepthwiseConv      Conv (pads = before + after, so 'same' may be asymmetric)
-    SeparableConv            Conv(group=C) -> Conv 1x1
-    ConvT                    ConvTranspose (pads, output_padding)
-    LocalConv                Conv with one-hot kernels (patches) -> Reshape -> Einsum
-                             with the unshared weights -> Reshape -> Add bias
-    MaxPool / AvgPool        MaxPool / AveragePool(count_include_pad=1)
-    L2Pool                   LpPool(p=2)
-    GlobalAvg/MaxPool        GlobalAveragePool / GlobalMaxPool -> Flatten
-    Flatten, FC              Flatten(axis=1) (channel-major), Gemm(transB=1)
-    BatchNorm                BatchNormalization (inference: running statistics)
-    Softmax                  Softmax(axis=1): over channels
-    Dropout, Identity        nothing (the tensor is passed on)
-    { | }, { + }             Concat(axis=1), Add / Sum
+Each layer's nodes are written by its op class (`onnx` hook, cnndsl/ops/*.py; shared
+helpers in cnndsl.export.emit), in ONNX's channels-first layout (x is NC* inside the graph):
+the Input's hook transposes "input", Conv becomes Conv, Dropout nothing, and so on.
 """
 
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 
 import numpy as np
 
-from cnndsl.export import ExportError, Layer, as_float32, layers
+from cnndsl.export import ExportError, as_float32, layers
+from cnndsl.ops import OPS
 
 MIN_OPSET = 13  # Softmax over one axis (before 13 it flattened the trailing axes)
 
@@ -91,18 +80,9 @@ def build_onnx(model, opset: int = 17):
         raise ExportError(f"ONNX opset {opset} is not supported",
                           hint=f"use an opset from {MIN_OPSET} to {latest} (default 17)")
     builder = _Builder(model)
-    rank = len(model.input_shape) - 1
-    current = "input"
-    if rank:
-        current = builder.node("Transpose", ["input"], "input_nchw", name="to_channels_first",
-                               perm=[0, rank + 1, *range(1, rank + 1)])
-    builder.values[model.input_name] = current
-    for layer in layers(model):
-        emit = _EMIT.get(layer.op)
-        if emit is None:
-            raise ExportError(f"{layer.op} '{layer.name}' has no ONNX export")
+    for layer in layers(model, with_input=True):  # the Input's hook makes "input" NC*
         inputs = [builder.values[i] for i in layer.inputs]
-        builder.values[layer.name] = emit(builder, layer, inputs)
+        builder.values[layer.name] = OPS[layer.op].onnx(builder, layer, inputs)
     builder.finish(builder.values[model.output_name], len(model.output_shape) - 1)
 
     def value(name, shape):
@@ -173,137 +153,6 @@ class _Builder:
             self.producers[last].output[0] = "output"  # rename rather than copy
         else:
             self.node("Identity", [last], "output")
-
-
-def _params(builder: _Builder, layer: Layer, *names) -> list[str]:
-    """Initializer names of the layer's weights that exist, in the order given."""
-    return [builder.weight(f"{layer.name}.{n}", layer.weights[n]) for n in names
-            if n in layer.weights]
-
-
-def _window(layer: Layer, dilation: bool = False) -> dict:
-    attributes = {"kernel_shape": list(layer.per_rank("kernel")),
-                  "strides": list(layer.per_rank("stride")),
-                  "pads": [*layer.per_rank("pad_before"), *layer.per_rank("pad_after")]}
-    if dilation:
-        attributes["dilations"] = list(layer.per_rank("dilation"))
-    return attributes
-
-
-def _conv(b, layer, xs):
-    return b.node("Conv", [xs[0], *_params(b, layer, "weight", "bias")], layer.name,
-                  group=layer.params.groups, **_window(layer, dilation=True))
-
-
-def _depthwise(b, layer, xs):
-    return b.node("Conv", [xs[0], *_params(b, layer, "weight", "bias")], layer.name,
-                  group=layer.in_shapes[0][-1], **_window(layer))
-
-
-def _separable(b, layer, xs):
-    depthwise, pointwise, *bias = _params(b, layer, "depthwise", "pointwise", "bias")
-    mid = b.node("Conv", [xs[0], depthwise], f"{layer.name}/depthwise",
-                 group=layer.in_shapes[0][-1], **_window(layer))
-    return b.node("Conv", [mid, pointwise, *bias], layer.name,
-                  kernel_shape=[1] * layer.rank)
-
-
-def _conv_t(b, layer, xs):
-    kernel = layer.weights["weight"].shape[2:]
-    pad = list(layer.per_rank("pad"))
-    return b.node("ConvTranspose", [xs[0], *_params(b, layer, "weight", "bias")], layer.name,
-                  kernel_shape=list(kernel), strides=list(layer.per_rank("stride")),
-                  pads=pad + pad, output_padding=list(layer.per_rank("output_pad")))
-
-
-def _local(b, layer, xs):
-    """y[n, f, o] = sum_{c,k} w[o, f, c, k] x[n, c, o*s + k] + b[f, o], as a composition:
-    a grouped Conv with one-hot kernels gathers the patches (exact: one product by 1 per
-    output), then one Einsum applies a weight per output position."""
-    w = layer.weights["weight"]  # (*out, F, C, *kernel)
-    rank = layer.rank
-    out, filters, channels, kernel = (w.shape[:rank], w.shape[rank], w.shape[rank + 1],
-                                      w.shape[rank + 2:])
-    taps, positions = math.prod(kernel), math.prod(out)
-    onehot = np.zeros((channels * taps, 1, *kernel), np.float32)
-    for c in range(channels):
-        for t in range(taps):
-            onehot[(c * taps + t, 0, *np.unravel_index(t, kernel))] = 1.0
-    gather = b.weight(b.fresh(f"{layer.name}/patch_kernel"), onehot)
-    patches = b.node("Conv", [xs[0], gather], f"{layer.name}/patches", group=channels,
-                     kernel_shape=list(kernel), strides=list(layer.per_rank("stride")))
-    flat = b.node("Reshape", [patches, b.constant(f"{layer.name}/patches_shape",
-                                                  [0, channels * taps, positions])],
-                  f"{layer.name}/patches_flat")
-    weight = b.node("Reshape", [*_params(b, layer, "weight"), b.constant(
-        f"{layer.name}/weight_shape", [positions, filters, channels * taps])],
-        f"{layer.name}/weight_flat")
-    y = b.node("Einsum", [flat, weight], f"{layer.name}/matmul", equation="nkp,pfk->nfp")
-    y = b.node("Reshape", [y, b.constant(f"{layer.name}/shape", [0, filters, *out])],
-               layer.name if "bias" not in layer.weights else f"{layer.name}/nobias")
-    if "bias" in layer.weights:  # (F, *out) broadcasts over the batch
-        y = b.node("Add", [y, *_params(b, layer, "bias")], layer.name)
-    return y
-
-
-def _pool(onnx_op, **extra):
-    def emit(b, layer, xs):
-        return b.node(onnx_op, [xs[0]], layer.name, **_window(layer), **extra)
-
-    return emit
-
-
-def _global(onnx_op):
-    def emit(b, layer, xs):
-        pooled = b.node(onnx_op, [xs[0]], f"{layer.name}/pool")
-        return b.node("Flatten", [pooled], layer.name, axis=1)
-
-    return emit
-
-
-def _flatten(b, layer, xs):
-    return b.node("Flatten", [xs[0]], layer.name, axis=1) if layer.rank else xs[0]
-
-
-def _fc(b, layer, xs):
-    x = b.node("Flatten", [xs[0]], f"{layer.name}/flatten", axis=1) if layer.rank else xs[0]
-    return b.node("Gemm", [x, *_params(b, layer, "weight", "bias")], layer.name, transB=1)
-
-
-def _simple(onnx_op, **attributes):
-    def emit(b, layer, xs):
-        values = {k: (v(layer) if callable(v) else v) for k, v in attributes.items()}
-        return b.node(onnx_op, xs, layer.name, **values)
-
-    return emit
-
-
-def _batchnorm(b, layer, xs):
-    names = _params(b, layer, "weight", "bias", "running_mean", "running_var")
-    return b.node("BatchNormalization", [xs[0], *names], layer.name,
-                  epsilon=float(layer.params.eps))
-
-
-def _add(b, layer, xs):
-    return b.node("Add" if len(xs) == 2 else "Sum", xs, layer.name)
-
-
-def _passthrough(b, layer, xs):
-    return xs[0]
-
-
-_EMIT = {
-    "Conv": _conv, "DepthwiseConv": _depthwise, "SeparableConv": _separable,
-    "ConvT": _conv_t, "LocalConv": _local,
-    "MaxPool": _pool("MaxPool"), "AvgPool": _pool("AveragePool", count_include_pad=1),
-    "L2Pool": _pool("LpPool", p=2),
-    "GlobalAvgPool": _global("GlobalAveragePool"), "GlobalMaxPool": _global("GlobalMaxPool"),
-    "Flatten": _flatten, "FC": _fc,
-    "ReLU": _simple("Relu"), "LeakyReLU": _simple("LeakyRelu", alpha=lambda ly: ly.params.alpha),
-    "Sigmoid": _simple("Sigmoid"), "Tanh": _simple("Tanh"), "Softmax": _simple("Softmax", axis=1),
-    "BatchNorm": _batchnorm, "Dropout": _passthrough, "Identity": _passthrough,
-    "Concat": _simple("Concat", axis=1), "Add": _add,
-}
 
 
 def _import_onnx():

@@ -23,10 +23,19 @@ import os
 from pathlib import Path
 
 from cnndsl.export import ExportError, Layer, consumers, layers, python_name
+from cnndsl.ops import OPS
 
-#: names the generated code uses itself (never a layer's attribute or variable)
-_RESERVED = {"x", "x0", "self", "torch", "nn", "F", "math", "Path", "load",
-             "SeparableConv", "LocalConv", "predict_proba"}
+
+def _helper_ops() -> list:
+    """Op classes whose export defines a helper module class (named as the op), in
+    registry order."""
+    return list({cls.name: cls for cls in OPS.values() if cls.pytorch_class}.values())
+
+
+def _reserved() -> set[str]:
+    """Names the generated code uses itself (never a layer's attribute or variable)."""
+    return {"x", "x0", "self", "torch", "nn", "F", "math", "Path", "load", "predict_proba",
+            *(cls.name for cls in _helper_ops())}
 
 
 def to_pytorch(model, path) -> None:
@@ -47,7 +56,7 @@ def attribute_names(model) -> dict[str, str]:
     """Layer name -> its attribute (and forward variable) name in the generated module."""
     import torch
 
-    taken = set(dir(torch.nn.Module())) | _RESERVED  # incl. `training`
+    taken = set(dir(torch.nn.Module())) | _reserved()  # incl. `training`
     return {layer.name: python_name(layer.name, taken) for layer in layers(model)}
 
 
@@ -59,8 +68,8 @@ def state_dict(model) -> dict:
     for layer in layers(model):
         for local, array in layer.weights.items():
             result[f"{names[layer.name]}.{local}"] = torch.from_numpy(array.copy())
-        if layer.op == "BatchNorm":
-            result[f"{names[layer.name]}.num_batches_tracked"] = torch.tensor(0)
+        for counter in OPS[layer.op].pytorch_counters:
+            result[f"{names[layer.name]}.{counter}"] = torch.tensor(0)
     return result
 
 
@@ -118,26 +127,24 @@ def module_source(model, weights_file: str = "weights.pt") -> str:
             variables[node] = "x"
         else:
             variables[node] = "x0" if node == model.input_name else names[node]
-    class_name = python_name(model.name[:1].upper() + model.name[1:], set(_RESERVED))
+    class_name = python_name(model.name[:1].upper() + model.name[1:], _reserved())
     init_lines, forward_lines, helpers = [], [], set()
-    in_rank = len(model.input_shape) - 1
-    if in_rank:
-        forward_lines.append(f"{variables[model.input_name]} = x.movedim(-1, 1)"
-                             f"  # channels-last -> (N, C, {_axes(in_rank)})")
-    elif variables[model.input_name] != "x":
-        forward_lines.append("x0 = x")
-    for layer in all_layers:
-        attribute = names[layer.name]
-        if layer is final:  # not in forward: predict_proba applies it, on channels-last
+    for layer in layers(model, with_input=True):  # the Input's hook: to channels-first
+        attribute = names.get(layer.name)
+        if final and layer.name == final.name:
+            # not in forward: predict_proba applies it, on channels-last
             init_lines.append(f"self.{attribute} = nn.Softmax(dim=-1)"
                               "  # the final Softmax: predict_proba only")
             continue
-        module, expression = _EMIT[layer.op](layer, [variables[i] for i in layer.inputs])
+        op = OPS[layer.op]
+        module, expression = op.pytorch(layer, [variables[i] for i in layer.inputs])
         if module is not None:
             init_lines.append(f"self.{attribute} = {module}")
-            helpers.update(h for h in ("SeparableConv", "LocalConv") if module.startswith(h))
-        forward_lines.append(f"{variables[layer.name]} = "
-                             + expression.replace("SELF", f"self.{attribute}"))
+            if op.pytorch_class:
+                helpers.add(op.name)
+        if expression != variables[layer.name]:  # `x = x` says nothing
+            forward_lines.append(f"{variables[layer.name]} = "
+                                 + expression.replace("SELF", f"self.{attribute}"))
     out_rank = len(model.output_shape) - 1
     result = variables[final.inputs[0] if final else model.output_name]
     if final:
@@ -151,7 +158,7 @@ def module_source(model, weights_file: str = "weights.pt") -> str:
     parts = [_HEADER.format(name=model.name, shape_in=shape_in, returns=returns,
                             weights=weights_file, cls=class_name,
                             math="\nimport math" if helpers else "")]
-    parts += [_HELPERS[h] for h in ("SeparableConv", "LocalConv") if h in helpers]
+    parts += [cls.pytorch_class for cls in _helper_ops() if cls.name in helpers]
     proba = _PROBA.format(shape_out=shape_out, softmax=names[final.name]) if final else ""
     parts.append(_CLASS.format(
         cls=class_name, name=model.name, shape_in=shape_in, shape_out=shape_out,
@@ -173,183 +180,6 @@ def _shape(shape) -> str:
     return ", ".join(map(str, shape))
 
 
-def _axes(rank: int) -> str:
-    return ", ".join(("D", "H", "W")[3 - rank:]) if rank > 1 else "L"
-
-
-def _size(values) -> str:
-    """(3, 3) -> 3; (2, 3) -> (2, 3)."""
-    values = tuple(values)
-    if len(set(values)) == 1:
-        return str(values[0])
-    return "(" + ", ".join(map(str, values)) + ")"
-
-
-def _padding(layer: Layer, fill: str | None = None) -> tuple[str | None, str]:
-    """(the module's `padding=` or None, a wrapper for the forward input).
-
-    Symmetric padding goes to the module; asymmetric ('same' with an even window or a
-    stride) becomes F.pad in forward, as F.pad's list: last axis first."""
-    before, after = layer.per_rank("pad_before"), layer.per_rank("pad_after")
-    if before == after:
-        return (None if not any(before) else _size(before)), "{}"
-    pads = []
-    for b, a in zip(reversed(before), reversed(after)):
-        pads += [b, a]
-    value = f", value={fill}" if fill else ""
-    return None, f"F.pad({{}}, [{', '.join(map(str, pads))}]{value})"
-
-
-def _call(layer, xs, wrap="{}"):
-    return "SELF(" + wrap.format(xs[0]) + ")"
-
-
-def _conv(layer, xs):
-    p, rank, channels = layer.params, layer.rank, layer.in_shapes[0][-1]
-    padding, wrap = _padding(layer)
-    args = [str(channels), str(p.filters), f"kernel_size={_size(layer.per_rank('kernel'))}"]
-    if set(layer.per_rank("stride")) != {1}:
-        args.append(f"stride={_size(layer.per_rank('stride'))}")
-    if padding:
-        args.append(f"padding={padding}")
-    if set(layer.per_rank("dilation")) != {1}:
-        args.append(f"dilation={_size(layer.per_rank('dilation'))}")
-    if p.groups != 1:
-        args.append(f"groups={p.groups}")
-    if not p.bias:
-        args.append("bias=False")
-    return f"nn.Conv{rank}d({', '.join(args)})", _call(layer, xs, wrap)
-
-
-def _depthwise(layer, xs):
-    rank, channels = layer.rank, layer.in_shapes[0][-1]
-    padding, wrap = _padding(layer)
-    args = [str(channels), str(layer.shape[-1]), f"kernel_size={_size(layer.per_rank('kernel'))}"]
-    if set(layer.per_rank("stride")) != {1}:
-        args.append(f"stride={_size(layer.per_rank('stride'))}")
-    if padding:
-        args.append(f"padding={padding}")
-    args.append(f"groups={channels}")
-    if not layer.params.bias:
-        args.append("bias=False")
-    return f"nn.Conv{rank}d({', '.join(args)})", _call(layer, xs, wrap)
-
-
-def _separable(layer, xs):
-    padding, wrap = _padding(layer)
-    args = [str(layer.in_shapes[0][-1]), str(layer.params.filters),
-            f"kernel_size={tuple(layer.per_rank('kernel'))}",
-            f"stride={tuple(layer.per_rank('stride'))}",
-            f"padding={tuple(layer.per_rank('pad_before')) if padding else (0,) * layer.rank}"]
-    if not layer.params.bias:
-        args.append("bias=False")
-    return f"SeparableConv({', '.join(args)})", _call(layer, xs, wrap)
-
-
-def _conv_t(layer, xs):
-    p = layer.params
-    kernel = layer.weights["weight"].shape[2:]
-    args = [str(layer.in_shapes[0][-1]), str(p.filters), f"kernel_size={_size(kernel)}"]
-    for key, name in (("stride", "stride"), ("pad", "padding"), ("output_pad", "output_padding")):
-        default = 1 if key == "stride" else 0
-        if set(layer.per_rank(key)) != {default}:
-            args.append(f"{name}={_size(layer.per_rank(key))}")
-    if not p.bias:
-        args.append("bias=False")
-    return f"nn.ConvTranspose{layer.rank}d({', '.join(args)})", _call(layer, xs)
-
-
-def _local(layer, xs):
-    w = layer.weights["weight"]
-    rank = layer.rank
-    args = [str(layer.in_shapes[0][-1]), str(layer.params.filters),
-            f"kernel_size={tuple(w.shape[rank + 2:])}",
-            f"stride={tuple(layer.per_rank('stride'))}", f"out_size={tuple(w.shape[:rank])}"]
-    if not layer.params.bias:
-        args.append("bias=False")
-    return f"LocalConv({', '.join(args)})", _call(layer, xs)
-
-
-def _pool(kind, fill=None):
-    def emit(layer, xs):
-        padding, wrap = _padding(layer, fill)
-        args = [f"kernel_size={_size(layer.per_rank('kernel'))}"]
-        if layer.per_rank("stride") != layer.per_rank("kernel"):
-            args.append(f"stride={_size(layer.per_rank('stride'))}")
-        if kind == "LPPool":
-            args.insert(0, "2")
-            if padding:  # LPPool takes no padding
-                wrap = f"F.pad({{}}, [{', '.join(map(str, _sym(layer)))}])"
-        elif padding:
-            args.append(f"padding={padding}")
-        return f"nn.{kind}{layer.rank}d({', '.join(args)})", _call(layer, xs, wrap)
-
-    return emit
-
-
-def _sym(layer):
-    pads = []
-    for b in reversed(layer.per_rank("pad_before")):
-        pads += [b, b]
-    return pads
-
-
-def _global(kind):
-    def emit(layer, xs):
-        return (f"nn.Sequential(nn.Adaptive{kind}Pool{layer.rank}d(1), nn.Flatten())",
-                _call(layer, xs))
-
-    return emit
-
-
-def _flatten(layer, xs):
-    return "nn.Flatten()", _call(layer, xs)
-
-
-def _fc(layer, xs):
-    units, features = layer.weights["weight"].shape
-    bias = "" if layer.params.bias else ", bias=False"
-    wrap = "{}.flatten(1)" if layer.rank else "{}"  # channel-major, as cnndsl
-    return f"nn.Linear({features}, {units}{bias})", _call(layer, xs, wrap)
-
-
-def _simple(template):
-    def emit(layer, xs):
-        return template.format(p=layer.params), _call(layer, xs)
-
-    return emit
-
-
-def _batchnorm(layer, xs):
-    p = layer.params
-    extra = "" if p.eps == 1e-5 else f", eps={p.eps!r}"
-    extra += "" if p.momentum == 0.1 else f", momentum={p.momentum!r}"
-    return f"nn.BatchNorm{max(layer.rank, 1)}d({layer.shape[-1]}{extra})", _call(layer, xs)
-
-
-def _concat(layer, xs):
-    return None, f"torch.cat([{', '.join(xs)}], dim=1)"
-
-
-def _add(layer, xs):
-    return None, " + ".join(xs)
-
-
-_EMIT = {
-    "Conv": _conv, "DepthwiseConv": _depthwise, "SeparableConv": _separable,
-    "ConvT": _conv_t, "LocalConv": _local,
-    "MaxPool": _pool("MaxPool", "float('-inf')"), "AvgPool": _pool("AvgPool"),
-    "L2Pool": _pool("LPPool"),
-    "GlobalAvgPool": _global("Avg"), "GlobalMaxPool": _global("Max"),
-    "Flatten": _flatten, "FC": _fc,
-    "ReLU": _simple("nn.ReLU()"), "LeakyReLU": _simple("nn.LeakyReLU({p.alpha!r})"),
-    "Sigmoid": _simple("nn.Sigmoid()"), "Tanh": _simple("nn.Tanh()"),
-    "Softmax": _simple("nn.Softmax(dim=1)"),  # over channels
-    "BatchNorm": _batchnorm, "Dropout": _simple("nn.Dropout({p.p!r})"),
-    "Identity": _simple("nn.Identity()"),
-    "Concat": _concat, "Add": _add,
-}
-
 _HEADER = '''"""{name}, exported by cnndsl as a PyTorch module.
 
 {returns}
@@ -366,52 +196,6 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn'''
-
-_HELPERS = {
-    "SeparableConv": '''class SeparableConv(nn.Module):
-    """Depthwise conv (no bias), then a 1x1 conv to `filters` with bias (cnndsl's layout:
-    depthwise (C, 1, *kernel), pointwise (filters, C, 1, ...), bias (filters,))."""
-
-    def __init__(self, channels, filters, kernel_size, stride, padding, bias=True):
-        super().__init__()
-        rank = len(kernel_size)
-        self.conv = (F.conv1d, F.conv2d, F.conv3d)[rank - 1]
-        self.stride, self.padding = stride, padding
-        self.depthwise = nn.Parameter(torch.empty(channels, 1, *kernel_size))
-        self.pointwise = nn.Parameter(torch.empty(filters, channels, *[1] * rank))
-        self.bias = nn.Parameter(torch.empty(filters)) if bias else None
-        for weight in (self.depthwise, self.pointwise):
-            nn.init.kaiming_uniform_(weight, a=math.sqrt(5))
-        if bias:
-            nn.init.uniform_(self.bias, -channels ** -0.5, channels ** -0.5)
-
-    def forward(self, x):
-        x = self.conv(x, self.depthwise, None, self.stride, self.padding, groups=x.shape[1])
-        return self.conv(x, self.pointwise, self.bias)''',
-    "LocalConv": '''class LocalConv(nn.Module):
-    """Locally connected layer: a valid conv with one weight per output position
-    (cnndsl's layout: weight (*out_size, filters, C, *kernel), bias (filters, *out_size))."""
-
-    def __init__(self, channels, filters, kernel_size, stride, out_size, bias=True):
-        super().__init__()
-        self.kernel_size, self.stride, self.out_size = kernel_size, stride, out_size
-        self.weight = nn.Parameter(torch.empty(*out_size, filters, channels, *kernel_size))
-        self.bias = nn.Parameter(torch.empty(filters, *out_size)) if bias else None
-        bound = (channels * math.prod(kernel_size)) ** -0.5
-        nn.init.uniform_(self.weight, -bound, bound)
-        if bias:
-            nn.init.uniform_(self.bias, -bound, bound)
-
-    def forward(self, x):
-        for axis, (k, s) in enumerate(zip(self.kernel_size, self.stride)):
-            x = x.unfold(2 + axis, k, s)  # (N, C, *out_size, *kernel_size)
-        n, c = x.shape[:2]
-        positions, taps = math.prod(self.out_size), math.prod(self.kernel_size)
-        patches = x.reshape(n, c, positions, taps)
-        w = self.weight.reshape(positions, -1, c, taps)
-        y = torch.einsum("ncpk,pfck->nfp", patches, w).reshape(n, -1, *self.out_size)
-        return y if self.bias is None else y + self.bias''',
-}
 
 _RETURNS_LOGITS = """\
 forward(x) returns LOGITS, (N, {shape_out}): the network ends in Softmax and forward

@@ -13,21 +13,39 @@ instead of branching on op names. An op class holds, as staticmethods taking its
 
 and, to run (`cnndsl.model`; kernels are imported lazily so `check` never loads numba):
 
-- `geometry(p, in_shapes)`: ints the kernels need (padding per side...), computed once.
+- `geometry(p, in_shapes)`: ints the kernels need (padding per side...), computed once;
+  the run plan holds it read-only (a `Layer` record) and shares it between runners, so an
+  op keeps work across steps in `ctx.work`, its layer's area in the runner running it.
 - `init(p, in_shape, rng) -> {name: array}`: PyTorch's default initialisation;
   `init_buffers(p, in_shape)` likewise for buffers.
 - `forward(p, geo, w, xs, ctx) -> (y, saved)`: `w` holds this layer's parameters and buffers
   by local name, `xs` its inputs (N, *shape) channels-last; returns what backward needs.
 - `backward(p, geo, w, saved, dy, ctx) -> (dxs, grads)`: input gradients (a list, one per
   input) and parameter gradients by local name.
+
+and, to export (cnndsl.export; helpers in cnndsl.export.emit, imported inside the hook so
+`check` never loads them), classmethods taking a `cnndsl.export.Layer`:
+
+- `onnx(b, layer, xs) -> str`: ONNX nodes added through the builder `b`, from the input
+  tensors `xs` (channels-first inside the graph); returns the output tensor's name.
+- `pytorch(layer, xs) -> (module or None, expression)`: the `nn.Module` for
+  `self.<layer> = ...` and the forward() expression (SELF stands for that module) from the
+  input variables `xs`. `pytorch_class` is the source of a helper module class the
+  generated file needs (named as the op), `pytorch_counters` state_dict entries PyTorch
+  keeps that cnndsl does not (set to 0 on export).
+
+The base class raises a named ExportError for a kind without an emitter;
+tests/test_registry.py checks that every registered kind has every hook.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import import_module
+from types import MappingProxyType
 
 import numpy as np
 
@@ -55,6 +73,10 @@ class Ctx:
     #: when the batch is cut across threads, this call's cnndsl.parallel.Shard: ops that
     #: need the whole batch (batch statistics, random masks) go through it; else None
     shard: object = None
+    #: the work area of the layer being run, its own in each runner: buffers an op keeps
+    #: across steps for its backward (the runner sets it before each call; geometry,
+    #: shared by every runner, is never written)
+    work: dict = field(default_factory=dict)
 
     def kernels(self, family: str):
         """The kernel module of a family ("conv", "pool", ...) for this backend."""
@@ -67,6 +89,59 @@ class Ctx:
 
 
 _kernel_modules: dict[tuple[str, str], object] = {}
+
+
+def frozen_geometry(geometry):
+    """An op's geometry() as a read-only mapping (None stays None)."""
+    return None if geometry is None else MappingProxyType(dict(geometry))
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One layer of a compiled network, as the runtime (cnndsl.model's run plan), the
+    profiler and the exporters (cnndsl.export) see it. Shapes are cnndsl's (spatial..., C)
+    or (F,); the network's Input is a Layer too where a walk needs it (no inputs, no
+    weights)."""
+
+    name: str
+    op: str  # canonical registry name: Conv, MaxPool, Concat, ...
+    params: object
+    #: the op's geometry() ((D, H, W) int triples...), read-only; in a run plan it also
+    #: names an activation the layer computes itself ("activation": "relu")
+    geometry: Mapping | None
+    inputs: tuple[str, ...]
+    in_shapes: tuple[tuple[int, ...], ...]
+    shape: tuple[int, ...]
+    #: local name -> the model's array (parameters, then buffers)
+    weights: dict = field(default_factory=dict, compare=False)
+    #: in a run plan: the layer that computes this activation for it (this layer then
+    #: passes its input through), else None
+    fused_into: str | None = None
+
+    @property
+    def kind(self) -> type[Op]:
+        """The layer's op class."""
+        return OPS[self.op]
+
+    @property
+    def rank(self) -> int:
+        """Spatial axes of the (first) input: 0 for a flat (N, F) tensor."""
+        return len(self.in_shapes[0]) - 1 if self.in_shapes else len(self.shape) - 1
+
+    def per_rank(self, key: str) -> tuple[int, ...]:
+        """A geometry triple cut down to the input's spatial axes."""
+        return tuple(self.geometry[key][3 - self.rank:])
+
+
+def graph_layer(graph, name: str, weights: dict | None = None) -> Layer:
+    """The Layer of IR node `name` (graph: the checked networkx graph), over `weights`."""
+    node = graph.nodes[name]
+    op = OPS[node["op"]]
+    inputs = tuple(node.get("inputs", ()))
+    in_shapes = tuple(tuple(graph.nodes[i]["shape"]) for i in inputs)
+    return Layer(name, op.name, node["params"],
+                 frozen_geometry(op.geometry(node["params"], in_shapes)), inputs, in_shapes,
+                 tuple(node["shape"]), weights if weights is not None else {})
 
 
 def uniform(shape, bound: float, rng: np.random.Generator) -> np.ndarray:
@@ -148,6 +223,26 @@ class Op:
     @classmethod
     def backward(cls, p, geo, w, saved, dy, ctx):
         raise NotImplementedError(f"{cls.name}: no backward")
+
+    #: source of a helper nn.Module class (named as the op) the PyTorch export needs
+    pytorch_class = ""
+    #: state_dict entries PyTorch's module keeps and cnndsl does not (exported as 0)
+    pytorch_counters: tuple[str, ...] = ()
+
+    @classmethod
+    def onnx(cls, b, layer, xs) -> str:
+        """This layer as ONNX nodes (see the module docstring); a kind without raises."""
+        from cnndsl.export.emit import no_emitter
+
+        raise no_emitter(cls.name, "ONNX")
+
+    @classmethod
+    def pytorch(cls, layer, xs) -> tuple[str | None, str]:
+        """This layer as a PyTorch module and forward expression (see the module docstring);
+        a kind without raises."""
+        from cnndsl.export.emit import no_emitter
+
+        raise no_emitter(cls.name, "PyTorch")
 
 
 def register(cls: type[Op]) -> type[Op]:

@@ -33,6 +33,18 @@ class ReLU(Elementwise):
     def backward(p, g, w, y, dy, ctx):
         return [ctx.kernels("elementwise").relu_backward(y, dy)], {}
 
+    @classmethod
+    def onnx(cls, b, layer, xs):
+        from cnndsl.export.emit import onnx_single
+
+        return onnx_single(b, layer, xs, "Relu")
+
+    @classmethod
+    def pytorch(cls, layer, xs):
+        from cnndsl.export.emit import torch_simple
+
+        return torch_simple(layer, xs, "nn.ReLU()")
+
 
 @dataclass(frozen=True)
 class LeakyParams:
@@ -58,6 +70,18 @@ class LeakyReLU(Elementwise):
     def backward(p, g, w, x, dy, ctx):
         return [ctx.kernels("elementwise").leaky_relu_backward(x, dy, p.alpha)], {}
 
+    @classmethod
+    def onnx(cls, b, layer, xs):
+        from cnndsl.export.emit import onnx_single
+
+        return onnx_single(b, layer, xs, "LeakyRelu", alpha=layer.params.alpha)
+
+    @classmethod
+    def pytorch(cls, layer, xs):
+        from cnndsl.export.emit import torch_simple
+
+        return torch_simple(layer, xs, "nn.LeakyReLU({p.alpha!r})")
+
 
 @register
 class Sigmoid(Elementwise):
@@ -72,6 +96,18 @@ class Sigmoid(Elementwise):
     def backward(p, g, w, y, dy, ctx):
         return [ctx.kernels("elementwise").sigmoid_backward(y, dy)], {}
 
+    @classmethod
+    def onnx(cls, b, layer, xs):
+        from cnndsl.export.emit import onnx_single
+
+        return onnx_single(b, layer, xs, "Sigmoid")
+
+    @classmethod
+    def pytorch(cls, layer, xs):
+        from cnndsl.export.emit import torch_simple
+
+        return torch_simple(layer, xs, "nn.Sigmoid()")
+
 
 @register
 class Tanh(Elementwise):
@@ -85,6 +121,18 @@ class Tanh(Elementwise):
     @staticmethod
     def backward(p, g, w, y, dy, ctx):
         return [ctx.kernels("elementwise").tanh_backward(y, dy)], {}
+
+    @classmethod
+    def onnx(cls, b, layer, xs):
+        from cnndsl.export.emit import onnx_single
+
+        return onnx_single(b, layer, xs, "Tanh")
+
+    @classmethod
+    def pytorch(cls, layer, xs):
+        from cnndsl.export.emit import torch_simple
+
+        return torch_simple(layer, xs, "nn.Tanh()")
 
 
 @register
@@ -103,3 +151,15 @@ class Softmax(Elementwise):
     def backward(p, g, w, y2, dy, ctx):
         dx = ctx.kernels("loss").softmax_backward(y2, dy.reshape(y2.shape))
         return [dx.reshape(dy.shape)], {}
+
+    @classmethod
+    def onnx(cls, b, layer, xs):
+        from cnndsl.export.emit import onnx_single
+
+        return onnx_single(b, layer, xs, "Softmax", axis=1)  # channels, inside the graph
+
+    @classmethod
+    def pytorch(cls, layer, xs):
+        from cnndsl.export.emit import torch_simple
+
+        return torch_simple(layer, xs, "nn.Softmax(dim=1)")  # over channels

@@ -123,8 +123,9 @@ class Conv(Op):
     def forward(p, g, w, xs, ctx):
         x = xs[0]
         relu = g.get("activation") == "relu"
-        # work the backward may reuse (training only); its buffers persist across steps
-        keep = g.setdefault("keep", {}) if ctx.train else None
+        # work the backward may reuse (training only): buffers in this runner's work area
+        # for the layer, kept across steps
+        keep = ctx.work if ctx.train else None
         y = _from5d(ctx.kernels("conv").conv_forward(
             _as5d(x), _w5d(w["weight"]), w.get("bias"), g["stride"], g["dilation"],
             g["pad_before"], g["pad_after"], p.groups, relu=relu, keep=keep), x)
@@ -143,6 +144,34 @@ class Conv(Op):
     def describe(p):
         return f"{p.filters}, {_window_text(p)}" + _extras(
             p, pad="same", dilation=1, groups=1, bias=True)
+
+    @classmethod
+    def onnx(cls, b, layer, xs):
+        """Conv; pads = before + after, so 'same' may be asymmetric."""
+        from cnndsl.export.emit import onnx_weights, onnx_window
+
+        return b.node("Conv", [xs[0], *onnx_weights(b, layer, "weight", "bias")], layer.name,
+                      group=layer.params.groups, **onnx_window(layer, dilation=True))
+
+    @classmethod
+    def pytorch(cls, layer, xs):
+        """nn.Conv{rank}d; asymmetric padding as an F.pad before it."""
+        from cnndsl.export.emit import call, padding, size
+
+        p, rank, channels = layer.params, layer.rank, layer.in_shapes[0][-1]
+        pad, wrap = padding(layer)
+        args = [str(channels), str(p.filters), f"kernel_size={size(layer.per_rank('kernel'))}"]
+        if set(layer.per_rank("stride")) != {1}:
+            args.append(f"stride={size(layer.per_rank('stride'))}")
+        if pad:
+            args.append(f"padding={pad}")
+        if set(layer.per_rank("dilation")) != {1}:
+            args.append(f"dilation={size(layer.per_rank('dilation'))}")
+        if p.groups != 1:
+            args.append(f"groups={p.groups}")
+        if not p.bias:
+            args.append("bias=False")
+        return f"nn.Conv{rank}d({', '.join(args)})", call(layer, xs, wrap)
 
 
 @dataclass(frozen=True)
@@ -230,6 +259,34 @@ class ConvT(Op):
     def describe(p):
         return f"{p.filters}, {_window_text(p)}" + _extras(p, pad=0, output_pad=0, bias=True)
 
+    @classmethod
+    def onnx(cls, b, layer, xs):
+        """ConvTranspose (pads, output_padding)."""
+        from cnndsl.export.emit import onnx_weights
+
+        kernel = layer.weights["weight"].shape[2:]
+        pad = list(layer.per_rank("pad"))
+        return b.node("ConvTranspose", [xs[0], *onnx_weights(b, layer, "weight", "bias")],
+                      layer.name, kernel_shape=list(kernel),
+                      strides=list(layer.per_rank("stride")), pads=pad + pad,
+                      output_padding=list(layer.per_rank("output_pad")))
+
+    @classmethod
+    def pytorch(cls, layer, xs):
+        from cnndsl.export.emit import call, size
+
+        p = layer.params
+        kernel = layer.weights["weight"].shape[2:]
+        args = [str(layer.in_shapes[0][-1]), str(p.filters), f"kernel_size={size(kernel)}"]
+        for key, name in (("stride", "stride"), ("pad", "padding"),
+                          ("output_pad", "output_padding")):
+            default = 1 if key == "stride" else 0
+            if set(layer.per_rank(key)) != {default}:
+                args.append(f"{name}={size(layer.per_rank(key))}")
+        if not p.bias:
+            args.append("bias=False")
+        return f"nn.ConvTranspose{layer.rank}d({', '.join(args)})", call(layer, xs)
+
 
 @dataclass(frozen=True)
 class DepthwiseParams:
@@ -296,6 +353,32 @@ class DepthwiseConv(Op):
     @staticmethod
     def describe(p):
         return _window_text(p) + _extras(p, pad="same", multiplier=1, bias=True)
+
+    @classmethod
+    def onnx(cls, b, layer, xs):
+        """Conv with group = C."""
+        from cnndsl.export.emit import onnx_weights, onnx_window
+
+        return b.node("Conv", [xs[0], *onnx_weights(b, layer, "weight", "bias")], layer.name,
+                      group=layer.in_shapes[0][-1], **onnx_window(layer))
+
+    @classmethod
+    def pytorch(cls, layer, xs):
+        """nn.Conv{rank}d with groups = C."""
+        from cnndsl.export.emit import call, padding, size
+
+        rank, channels = layer.rank, layer.in_shapes[0][-1]
+        pad, wrap = padding(layer)
+        args = [str(channels), str(layer.shape[-1]),
+                f"kernel_size={size(layer.per_rank('kernel'))}"]
+        if set(layer.per_rank("stride")) != {1}:
+            args.append(f"stride={size(layer.per_rank('stride'))}")
+        if pad:
+            args.append(f"padding={pad}")
+        args.append(f"groups={channels}")
+        if not layer.params.bias:
+            args.append("bias=False")
+        return f"nn.Conv{rank}d({', '.join(args)})", call(layer, xs, wrap)
 
 
 @dataclass(frozen=True)
@@ -374,6 +457,52 @@ class SeparableConv(Op):
     @staticmethod
     def describe(p):
         return f"{p.filters}, {_window_text(p)}" + _extras(p, pad="same", bias=True)
+
+    @classmethod
+    def onnx(cls, b, layer, xs):
+        """Conv(group=C) -> Conv 1x1."""
+        from cnndsl.export.emit import onnx_weights, onnx_window
+
+        depthwise, pointwise, *bias = onnx_weights(b, layer, "depthwise", "pointwise", "bias")
+        mid = b.node("Conv", [xs[0], depthwise], f"{layer.name}/depthwise",
+                     group=layer.in_shapes[0][-1], **onnx_window(layer))
+        return b.node("Conv", [mid, pointwise, *bias], layer.name,
+                      kernel_shape=[1] * layer.rank)
+
+    @classmethod
+    def pytorch(cls, layer, xs):
+        """The SeparableConv helper module (`pytorch_class`)."""
+        from cnndsl.export.emit import call, padding
+
+        pad, wrap = padding(layer)
+        before = tuple(layer.per_rank("pad_before")) if pad else (0,) * layer.rank
+        args = [str(layer.in_shapes[0][-1]), str(layer.params.filters),
+                f"kernel_size={tuple(layer.per_rank('kernel'))}",
+                f"stride={tuple(layer.per_rank('stride'))}", f"padding={before}"]
+        if not layer.params.bias:
+            args.append("bias=False")
+        return f"SeparableConv({', '.join(args)})", call(layer, xs, wrap)
+
+    pytorch_class = '''class SeparableConv(nn.Module):
+    """Depthwise conv (no bias), then a 1x1 conv to `filters` with bias (cnndsl's layout:
+    depthwise (C, 1, *kernel), pointwise (filters, C, 1, ...), bias (filters,))."""
+
+    def __init__(self, channels, filters, kernel_size, stride, padding, bias=True):
+        super().__init__()
+        rank = len(kernel_size)
+        self.conv = (F.conv1d, F.conv2d, F.conv3d)[rank - 1]
+        self.stride, self.padding = stride, padding
+        self.depthwise = nn.Parameter(torch.empty(channels, 1, *kernel_size))
+        self.pointwise = nn.Parameter(torch.empty(filters, channels, *[1] * rank))
+        self.bias = nn.Parameter(torch.empty(filters)) if bias else None
+        for weight in (self.depthwise, self.pointwise):
+            nn.init.kaiming_uniform_(weight, a=math.sqrt(5))
+        if bias:
+            nn.init.uniform_(self.bias, -channels ** -0.5, channels ** -0.5)
+
+    def forward(self, x):
+        x = self.conv(x, self.depthwise, None, self.stride, self.padding, groups=x.shape[1])
+        return self.conv(x, self.pointwise, self.bias)'''
 
 
 @dataclass(frozen=True)
@@ -456,3 +585,76 @@ class LocalConv(Op):
     @staticmethod
     def describe(p):
         return f"{p.filters}, {_window_text(p)}" + _extras(p, bias=True)
+
+    @classmethod
+    def onnx(cls, b, layer, xs):
+        """y[n, f, o] = sum_{c,k} w[o, f, c, k] x[n, c, o*s + k] + b[f, o], as a composition:
+        a grouped Conv with one-hot kernels gathers the patches (exact: one product by 1 per
+        output) -> Reshape -> one Einsum applies a weight per output position -> Reshape
+        -> Add bias."""
+        import numpy as np
+
+        from cnndsl.export.emit import onnx_weights
+
+        w = layer.weights["weight"]  # (*out, F, C, *kernel)
+        rank = layer.rank
+        out, filters, channels, kernel = (w.shape[:rank], w.shape[rank], w.shape[rank + 1],
+                                          w.shape[rank + 2:])
+        taps, positions = math.prod(kernel), math.prod(out)
+        onehot = np.zeros((channels * taps, 1, *kernel), np.float32)
+        for c in range(channels):
+            for t in range(taps):
+                onehot[(c * taps + t, 0, *np.unravel_index(t, kernel))] = 1.0
+        gather = b.weight(b.fresh(f"{layer.name}/patch_kernel"), onehot)
+        patches = b.node("Conv", [xs[0], gather], f"{layer.name}/patches", group=channels,
+                         kernel_shape=list(kernel), strides=list(layer.per_rank("stride")))
+        flat = b.node("Reshape", [patches, b.constant(f"{layer.name}/patches_shape",
+                                                      [0, channels * taps, positions])],
+                      f"{layer.name}/patches_flat")
+        weight = b.node("Reshape", [*onnx_weights(b, layer, "weight"), b.constant(
+            f"{layer.name}/weight_shape", [positions, filters, channels * taps])],
+            f"{layer.name}/weight_flat")
+        y = b.node("Einsum", [flat, weight], f"{layer.name}/matmul", equation="nkp,pfk->nfp")
+        y = b.node("Reshape", [y, b.constant(f"{layer.name}/shape", [0, filters, *out])],
+                   layer.name if "bias" not in layer.weights else f"{layer.name}/nobias")
+        if "bias" in layer.weights:  # (F, *out) broadcasts over the batch
+            y = b.node("Add", [y, *onnx_weights(b, layer, "bias")], layer.name)
+        return y
+
+    @classmethod
+    def pytorch(cls, layer, xs):
+        """The LocalConv helper module (`pytorch_class`)."""
+        from cnndsl.export.emit import call
+
+        w = layer.weights["weight"]
+        rank = layer.rank
+        args = [str(layer.in_shapes[0][-1]), str(layer.params.filters),
+                f"kernel_size={tuple(w.shape[rank + 2:])}",
+                f"stride={tuple(layer.per_rank('stride'))}", f"out_size={tuple(w.shape[:rank])}"]
+        if not layer.params.bias:
+            args.append("bias=False")
+        return f"LocalConv({', '.join(args)})", call(layer, xs)
+
+    pytorch_class = '''class LocalConv(nn.Module):
+    """Locally connected layer: a valid conv with one weight per output position
+    (cnndsl's layout: weight (*out_size, filters, C, *kernel), bias (filters, *out_size))."""
+
+    def __init__(self, channels, filters, kernel_size, stride, out_size, bias=True):
+        super().__init__()
+        self.kernel_size, self.stride, self.out_size = kernel_size, stride, out_size
+        self.weight = nn.Parameter(torch.empty(*out_size, filters, channels, *kernel_size))
+        self.bias = nn.Parameter(torch.empty(filters, *out_size)) if bias else None
+        bound = (channels * math.prod(kernel_size)) ** -0.5
+        nn.init.uniform_(self.weight, -bound, bound)
+        if bias:
+            nn.init.uniform_(self.bias, -bound, bound)
+
+    def forward(self, x):
+        for axis, (k, s) in enumerate(zip(self.kernel_size, self.stride)):
+            x = x.unfold(2 + axis, k, s)  # (N, C, *out_size, *kernel_size)
+        n, c = x.shape[:2]
+        positions, taps = math.prod(self.out_size), math.prod(self.kernel_size)
+        patches = x.reshape(n, c, positions, taps)
+        w = self.weight.reshape(positions, -1, c, taps)
+        y = torch.einsum("ncpk,pfck->nfp", patches, w).reshape(n, -1, *self.out_size)
+        return y if self.bias is None else y + self.bias'''

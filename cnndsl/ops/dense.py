@@ -51,6 +51,18 @@ class Flatten(Op):
     def backward(p, g, w, x_shape, dy, ctx):
         return [unflatten(dy, x_shape)], {}
 
+    @classmethod
+    def onnx(cls, b, layer, xs):
+        if not layer.rank:
+            return xs[0]
+        return b.node("Flatten", [xs[0]], layer.name, axis=1)  # channel-major, as cnndsl
+
+    @classmethod
+    def pytorch(cls, layer, xs):
+        from cnndsl.export.emit import call
+
+        return "nn.Flatten()", call(layer, xs)
+
 
 @dataclass(frozen=True)
 class FCParams:
@@ -106,6 +118,23 @@ class FC(Op):
         if p.bias:
             grads["bias"] = dy.sum(axis=0)
         return [unflatten(dy @ w["weight"], x_shape)], grads
+
+    @classmethod
+    def onnx(cls, b, layer, xs):
+        from cnndsl.export.emit import onnx_weights
+
+        x = b.node("Flatten", [xs[0]], f"{layer.name}/flatten", axis=1) if layer.rank else xs[0]
+        return b.node("Gemm", [x, *onnx_weights(b, layer, "weight", "bias")], layer.name,
+                      transB=1)
+
+    @classmethod
+    def pytorch(cls, layer, xs):
+        from cnndsl.export.emit import call
+
+        units, features = layer.weights["weight"].shape
+        bias = "" if layer.params.bias else ", bias=False"
+        wrap = "{}.flatten(1)" if layer.rank else "{}"  # channel-major, as cnndsl
+        return f"nn.Linear({features}, {units}{bias})", call(layer, xs, wrap)
 
     @staticmethod
     def describe(p):

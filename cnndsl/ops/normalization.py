@@ -26,6 +26,7 @@ class BatchNorm(Op):
     name = "BatchNorm"
     Params = BatchNormParams
     family = "norm"
+    pytorch_counters = ("num_batches_tracked",)
 
     @staticmethod
     def shape(p, x):
@@ -109,6 +110,24 @@ class BatchNorm(Op):
                 x2, dy2, w["weight"], w["running_mean"], w["running_var"], p.eps)
         return [dx2.reshape(dy.shape)], {"weight": dgamma, "bias": dbeta}
 
+    @classmethod
+    def onnx(cls, b, layer, xs):
+        """Inference: the running statistics."""
+        from cnndsl.export.emit import onnx_weights
+
+        names = onnx_weights(b, layer, "weight", "bias", "running_mean", "running_var")
+        return b.node("BatchNormalization", [xs[0], *names], layer.name,
+                      epsilon=float(layer.params.eps))
+
+    @classmethod
+    def pytorch(cls, layer, xs):
+        from cnndsl.export.emit import call
+
+        p = layer.params
+        extra = "" if p.eps == 1e-5 else f", eps={p.eps!r}"
+        extra += "" if p.momentum == 0.1 else f", momentum={p.momentum!r}"
+        return f"nn.BatchNorm{max(layer.rank, 1)}d({layer.shape[-1]}{extra})", call(layer, xs)
+
     @staticmethod
     def describe(p):
         return "" if (p.eps, p.momentum) == (1e-5, 0.1) else f"eps={p.eps:g}, momentum={p.momentum:g}"
@@ -150,3 +169,13 @@ class Dropout(Op):
         if mask is None:
             return [dy], {}
         return [ctx.kernels("elementwise").dropout_backward(dy, mask)], {}
+
+    @classmethod
+    def onnx(cls, b, layer, xs):
+        return xs[0]  # inference: nothing to compute
+
+    @classmethod
+    def pytorch(cls, layer, xs):
+        from cnndsl.export.emit import torch_simple
+
+        return torch_simple(layer, xs, "nn.Dropout({p.p!r})")

@@ -106,6 +106,18 @@ class MaxPool(WindowPool):
         dx = ctx.kernels("pool").maxpool_backward(_as5d(dy), argmax, x_shape)
         return [_from5d(dx, dy.ndim - 2)], {}
 
+    @classmethod
+    def onnx(cls, b, layer, xs):
+        from cnndsl.export.emit import onnx_pool
+
+        return onnx_pool(b, layer, xs, "MaxPool")
+
+    @classmethod
+    def pytorch(cls, layer, xs):
+        from cnndsl.export.emit import torch_pool
+
+        return torch_pool(layer, xs, "MaxPool", fill="float('-inf')")  # padding never wins
+
 
 @register
 class AvgPool(WindowPool):
@@ -123,6 +135,18 @@ class AvgPool(WindowPool):
     def backward(p, g, w, x_shape, dy, ctx):
         dx = ctx.kernels("pool").avgpool_backward(_as5d(dy), x_shape, *WindowPool._window(g))
         return [_from5d(dx, dy.ndim - 2)], {}
+
+    @classmethod
+    def onnx(cls, b, layer, xs):
+        from cnndsl.export.emit import onnx_pool
+
+        return onnx_pool(b, layer, xs, "AveragePool", count_include_pad=1)
+
+    @classmethod
+    def pytorch(cls, layer, xs):
+        from cnndsl.export.emit import torch_pool
+
+        return torch_pool(layer, xs, "AvgPool")
 
 
 @register
@@ -142,6 +166,18 @@ class L2Pool(WindowPool):
         x5, y = saved
         dx = ctx.kernels("pool").l2pool_backward(x5, y, _as5d(dy), *WindowPool._window(g))
         return [_from5d(dx, dy.ndim - 2)], {}
+
+    @classmethod
+    def onnx(cls, b, layer, xs):
+        from cnndsl.export.emit import onnx_pool
+
+        return onnx_pool(b, layer, xs, "LpPool", p=2)
+
+    @classmethod
+    def pytorch(cls, layer, xs):
+        from cnndsl.export.emit import torch_pool
+
+        return torch_pool(layer, xs, "LPPool")
 
 
 class GlobalPool(Op):
@@ -174,6 +210,18 @@ class GlobalAvgPool(GlobalPool):
         dx = ctx.kernels("pool").global_avgpool_backward(dy, x_shape)
         return [_from5d(dx, rank)], {}
 
+    @classmethod
+    def onnx(cls, b, layer, xs):
+        from cnndsl.export.emit import onnx_global
+
+        return onnx_global(b, layer, xs, "GlobalAveragePool")
+
+    @classmethod
+    def pytorch(cls, layer, xs):
+        from cnndsl.export.emit import torch_global
+
+        return torch_global(layer, xs, "Avg")
+
 
 @register
 class GlobalMaxPool(GlobalPool):
@@ -190,3 +238,15 @@ class GlobalMaxPool(GlobalPool):
         argmax, x_shape, rank = saved
         dx = ctx.kernels("pool").global_maxpool_backward(dy, argmax, x_shape)
         return [_from5d(dx, rank)], {}
+
+    @classmethod
+    def onnx(cls, b, layer, xs):
+        from cnndsl.export.emit import onnx_global
+
+        return onnx_global(b, layer, xs, "GlobalMaxPool")
+
+    @classmethod
+    def pytorch(cls, layer, xs):
+        from cnndsl.export.emit import torch_global
+
+        return torch_global(layer, xs, "Max")

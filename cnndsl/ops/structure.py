@@ -34,6 +34,24 @@ class Input(Op):
     def describe(p):
         return fmt(p.shape)
 
+    @classmethod
+    def onnx(cls, b, layer, xs):
+        """The graph's "input" (N, *input) channels-last, transposed once to NC*."""
+        rank = layer.rank
+        if not rank:
+            return "input"
+        return b.node("Transpose", ["input"], "input_nchw", name="to_channels_first",
+                      perm=[0, rank + 1, *range(1, rank + 1)])
+
+    @classmethod
+    def pytorch(cls, layer, xs):
+        """forward()'s `x` (N, *input) channels-last, moved to channels-first."""
+        from cnndsl.export.emit import axes
+
+        if not layer.rank:
+            return None, "x"
+        return None, f"x.movedim(-1, 1)  # channels-last -> (N, C, {axes(layer.rank)})"
+
 
 @register
 class Identity(Op):
@@ -53,6 +71,16 @@ class Identity(Op):
     @staticmethod
     def backward(p, g, w, saved, dy, ctx):
         return [dy], {}
+
+    @classmethod
+    def onnx(cls, b, layer, xs):
+        return xs[0]  # nothing to compute: the tensor is passed on
+
+    @classmethod
+    def pytorch(cls, layer, xs):
+        from cnndsl.export.emit import torch_simple
+
+        return torch_simple(layer, xs, "nn.Identity()")
 
 
 @register
@@ -83,6 +111,14 @@ class Concat(Op):
     def backward(p, g, w, channels, dy, ctx):
         bounds = np.cumsum(channels)[:-1]
         return [np.ascontiguousarray(part) for part in np.split(dy, bounds, axis=-1)], {}
+
+    @classmethod
+    def onnx(cls, b, layer, xs):
+        return b.node("Concat", xs, layer.name, axis=1)  # channels, inside the graph
+
+    @classmethod
+    def pytorch(cls, layer, xs):
+        return None, f"torch.cat([{', '.join(xs)}], dim=1)"
 
 
 @register
@@ -116,3 +152,11 @@ class Add(Op):
     @staticmethod
     def backward(p, g, w, count, dy, ctx):
         return [dy] * count, {}
+
+    @classmethod
+    def onnx(cls, b, layer, xs):
+        return b.node("Add" if len(xs) == 2 else "Sum", xs, layer.name)
+
+    @classmethod
+    def pytorch(cls, layer, xs):
+        return None, " + ".join(xs)
