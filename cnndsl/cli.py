@@ -225,16 +225,19 @@ TRAIN_FLAGS = [
 class Loaded:
     """A file read and checked, with what error reporting needs."""
 
-    def __init__(self, args, text: str | None = None, bindings: dict | None = None):
+    def __init__(self, args, text: str | None = None, bindings: dict | None = None,
+                 data: dict | None = None):
         """FILE of `args`, or (`text`, `bindings`) when given (a network stored in a
-        weights file); `args.bindings` override either."""
+        weights file); `args.bindings` override either. `data` binds names from the data
+        (`{"classes": 10}`) where nothing else does; `.data` is what it bound."""
         from cnndsl.frontend import check_text
         from cnndsl.source import read_source
 
         self.path = args.file
         self.text = read_source(args.file) if text is None else text
         self.bindings = {**(bindings or {}), **dict(args.bindings)}
-        self.graph = check_text(self.text, self.bindings, self.path or "<string>")
+        self.graph = check_text(self.text, self.bindings, self.path or "<string>", data)
+        self.data = dict(self.graph.graph.get("data_bindings") or {})
         used = self.graph.graph.get("used_bindings", [])
         for name in dict(args.bindings):
             if name not in used:
@@ -336,6 +339,58 @@ def _usage_error(message: str):
     raise SystemExit(2)
 
 
+def _loaded_with_classes(args, class_count, text: str | None = None,
+                         bindings: dict | None = None) -> Loaded:
+    """`Loaded(args, text, bindings)`; where the network uses `classes` and neither a `let`
+    nor --set binds it, bound to `class_count()` (called only then: it may load a dataset)."""
+    from cnndsl.evaluate import UnboundClasses
+
+    try:
+        return Loaded(args, text, bindings)
+    except UnboundClasses:
+        count = class_count()
+    return Loaded(args, text, bindings, data={"classes": count})
+
+
+class _DataClasses:
+    """The class count of the dataset `spec()` names, loaded on the first call only (a
+    network that binds `classes` itself never loads it here); `.dataset` keeps it."""
+
+    def __init__(self, spec):
+        self.spec, self.dataset, self.name = spec, None, None
+
+    def __call__(self) -> int:
+        return self.count(self.spec())
+
+    def count(self, name: str) -> int:
+        """The class count of the dataset `name` names (loading it)."""
+        from cnndsl.data import load_dataset
+
+        self.name, self.dataset = name, load_dataset(name)
+        return len(self.dataset.classes)
+
+    def loaded(self, name: str):
+        """The dataset if it is the one `name` names (else None: load it)."""
+        return self.dataset if self.name == name else None
+
+
+def _train_data_spec(args) -> str:
+    """The dataset `cnndsl train` will use: --data, else the resumed run's, else
+    Fashion-MNIST (as run_train decides it later)."""
+    from pathlib import Path
+
+    if args.data:
+        return args.data
+    out = args.output or f"{Path(args.file).stem}.npz"
+    if args.resume and Path(out).is_file():
+        from cnndsl import checkpoint
+
+        meta = checkpoint.load(out)[1]
+        stored = meta.get("run_data") or {"data": meta.get("data")}
+        return stored.get("data") or "fashion-mnist"
+    return "fashion-mnist"
+
+
 def run_train(args, context: dict) -> int:
     from pathlib import Path
 
@@ -353,8 +408,9 @@ def run_train(args, context: dict) -> int:
     from cnndsl.trainconfig import TrainConfig, convert, program_settings
 
     context["path"] = args.file
-    loaded = Loaded(args)
-    in_file = program_settings(parse(loaded.text), loaded.bindings)
+    data_classes = _DataClasses(lambda: _train_data_spec(args))
+    loaded = _loaded_with_classes(args, data_classes)
+    in_file = program_settings(parse(loaded.text), loaded.bindings, loaded.data)
     flags = {}
     for flag in [f for f, _, _ in TRAIN_FLAGS] + ["nesterov"]:
         value = getattr(args, flag)
@@ -400,10 +456,15 @@ def run_train(args, context: dict) -> int:
     data_request["data"] = data_request["data"] or "fashion-mnist"
 
     model = Model(loaded.graph, seed=config.seed)
-    data, splits, limited = _training_data(data_request, config, model)
+    data, splits, limited = _training_data(data_request, config, model,
+                                           data_classes.loaded(data_request["data"]))
     for warning in data.warnings:
         print(f"cnndsl: warning: {warning}", file=sys.stderr)
-    meta = checkpoint_meta(model, text=loaded.text, bindings=loaded.bindings,
+    if loaded.data:
+        print(f"cnndsl: note: classes = {loaded.data['classes']}, the class count of "
+              f"{data.dataset.name or data.dataset.source}", file=sys.stderr)
+    # what the data bound is kept with the bindings: `eval --weights` rebuilds this network
+    meta = checkpoint_meta(model, text=loaded.text, bindings={**loaded.data, **loaded.bindings},
                            classes=data.dataset.classes, data=data_request["data"],
                            limit=data_request["limit"], fingerprint=data.fingerprint)
     progress = False if args.no_progress else None  # None: a bar on a terminal
@@ -432,8 +493,9 @@ def run_train(args, context: dict) -> int:
         return 128 + interrupt.signum  # 130 for Ctrl-C, 143 for SIGTERM, as shells report
     paths = metrics_paths(out)
     if state.test:
-        print(f"test accuracy {state.test['accuracy']:.4f} (loss {state.test['loss']:.4f}) "
-              f"on {len(splits[4]):,} images")
+        top5 = f", top-5 {state.test['top5']:.4f}" if "top5" in state.test else ""
+        print(f"test accuracy {state.test['accuracy']:.4f}{top5} (loss "
+              f"{state.test['loss']:.4f}) on {len(splits[4]):,} images")
     print(f"wrote {out}, {paths['csv']}, {paths['json']}, {paths['png']}")
     return 0
 
@@ -445,14 +507,14 @@ class _TrainingData:
         self.dataset, self.warnings, self.fingerprint = dataset, warnings, fingerprint
 
 
-def _training_data(request: dict, config, model) -> tuple:
-    """(data, (x_tr, y_tr, x_val, y_val, x_test, y_test), note): the dataset checked
-    against `model`, `--limit` applied to the training and the test images (seeded, as
-    `cnndsl.datasets.load(limit=)` does), the validation part held out."""
+def _training_data(request: dict, config, model, dataset=None) -> tuple:
+    """(data, (x_tr, y_tr, x_val, y_val, x_test, y_test), note): the dataset (loaded
+    unless given) checked against `model`, `--limit` applied to the training and the test
+    images (seeded, as `cnndsl.datasets.load(limit=)` does), the validation part held out."""
     from cnndsl.data import check_against, fingerprint, load_dataset, split_validation
     from cnndsl.datasets import seeded_subset
 
-    dataset = load_dataset(request["data"])
+    dataset = dataset if dataset is not None else load_dataset(request["data"])
     warnings = check_against(dataset, model.input_shape, model.output_shape)
     x_train, y_train = dataset.x_train, dataset.y_train
     x_test, y_test = dataset.x_test, dataset.y_test
@@ -539,25 +601,42 @@ def _warn(message: str) -> None:
     print(f"cnndsl: warning: {message}", file=sys.stderr)
 
 
-def _trained_model(args, weights_path: str):
+def _trained_model(args, weights_path: str, class_count=None):
     """The model of FILE (or of the network stored in the weights file when FILE is not
-    given) with the weights of `weights_path`, checked to be its own."""
+    given) with the weights of `weights_path`, checked to be its own. A `classes` the
+    network leaves unbound is `class_count(meta)` (default: the class count the weights
+    were trained with, when they record it)."""
     from cnndsl import checkpoint
     from cnndsl.model import Model
 
     arrays, meta = checkpoint.load(weights_path)
+    count = (lambda: class_count(meta)) if class_count else lambda: _trained_classes(meta)
     if args.file is None:
         text = meta.get("architecture")
         if not isinstance(text, str):
             raise checkpoint.CheckpointError(
                 f"'{weights_path}' does not hold the text of its network",
                 hint="name the .cnn file it was trained with: cnndsl eval FILE --weights W.npz")
-        loaded = Loaded(args, text, meta.get("bindings") or {})
+        loaded = _loaded_with_classes(args, count, text, meta.get("bindings") or {})
     else:
-        loaded = Loaded(args)
+        loaded = _loaded_with_classes(args, count)
     model = Model(loaded.graph)
     checkpoint.restore_model(model, arrays, meta, weights_path, args.force, _warn)
     return model, meta
+
+
+def _trained_classes(meta: dict) -> int:
+    """The class count weights were trained with (their run's `classes`, else the number of
+    class names they keep); a located UnboundClasses error when they record neither."""
+    from cnndsl.evaluate import CLASSES_HINT, UnboundClasses
+
+    bound = (meta.get("bindings") or {}).get("classes")
+    if bound is None and meta.get("classes"):
+        bound = len(meta["classes"])
+    if bound is None:
+        raise UnboundClasses("unbound name 'classes' (the number of classes): the weights "
+                             "do not record their class count", hint=CLASSES_HINT)
+    return bound
 
 
 def run_eval(args, context: dict) -> int:
@@ -568,15 +647,20 @@ def run_eval(args, context: dict) -> int:
     from cnndsl.train import EVAL_BATCH, check_memory, evaluate
 
     context["path"] = args.file
-    model, meta = _trained_model(args, args.weights)
-    data = load_dataset(args.data or meta.get("data") or "fashion-mnist")
+    test_data = _DataClasses(None)
+    # `classes` is the test data's class count where the network leaves it unbound
+    model, meta = _trained_model(args, args.weights, lambda stored: test_data.count(
+        args.data or stored.get("data") or "fashion-mnist"))
+    spec = args.data or meta.get("data") or "fashion-mnist"
+    data = test_data.loaded(spec) or load_dataset(spec)
     check_against(data, model.input_shape, model.output_shape)
     check_memory(model, min(EVAL_BATCH, max(1, len(data.x_test))), train=False)
     _compile_kernels(model, EVAL_BATCH, train=False)
     # what Model.evaluate(dataset) returns
     result = evaluate(model, data.x_test, data.y_test, EVAL_BATCH, classes=len(data.classes))
     matrix = result["confusion"]
-    print(format_evaluation(matrix, data.classes, source=data.source))
+    print(format_evaluation(matrix, data.classes, source=data.source,
+                            top5=result.get("top5")))
     picture = f"{Path(args.weights).with_suffix('')}.confusion.png"
     plot_confusion(matrix, data.classes, picture)
     print(f"wrote {picture}")

@@ -12,9 +12,20 @@ from cnndsl import ast
 from cnndsl.errors import BindingError, CnnDslError, did_you_mean
 
 RESERVED = {"true": True, "false": False, "same": "same", "valid": "valid", "full": "full"}
+#: the built-in name of the network's class count: bound from the data by `cnndsl train`,
+#: `cnndsl eval` (and `Model.fit` through `cnndsl.compile(text, classes=...)`), by
+#: `--set classes=N` or by a `let` in the file; never given a default
+CLASSES = "classes"
+CLASSES_HINT = ("classes is the number of classes: bound from the data by train/eval, or "
+                "write --set classes=10 / let classes = 10 (Python: compile(text, classes=10))")
 # every number a file computes stays within ±2^63 and is finite: larger ones are no size,
 # rate or count a network can use, and would cost time (2^64^64^64) or overflow later
 MAX_VALUE = 2**63
+
+
+class UnboundClasses(BindingError):
+    """`classes` used where nothing binds it: the CLI's train and eval then bind it from
+    their data and check the file again."""
 
 
 class Env:
@@ -36,6 +47,9 @@ class Env:
             return self.values[name.id]
         if name.id in RESERVED:
             return RESERVED[name.id]
+        if name.id == CLASSES:
+            raise UnboundClasses(f"unbound name '{CLASSES}' (the number of classes)",
+                                 name.span, hint=CLASSES_HINT)
         known = [*self.values, *RESERVED]
         hint = did_you_mean(name.id, known) or (
             f"bind it with 'let {name.id} = ...' or on the command line with "

@@ -118,7 +118,8 @@ def _validation(model, validation_data):
 
 def evaluate(model, x, y=None, batch: int = EVAL_BATCH) -> dict:
     """`loss`, `accuracy`, `per_class` and `confusion` of `model` on x, y (a dataset: its
-    test split); see `Model.evaluate` and cnndsl.train.evaluate."""
+    test split), and `top5` with more than 5 classes (the dataset's, else the network's
+    outputs); see `Model.evaluate` and cnndsl.train.evaluate."""
     from cnndsl.train import evaluate as measure
 
     _check_batch(batch)

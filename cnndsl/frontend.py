@@ -14,12 +14,16 @@ from cnndsl.shapes import infer_shapes
 
 
 def check_text(text: str, bindings: dict | None = None,
-               filename: str = "<string>") -> nx.DiGraph:
+               filename: str = "<string>", data: dict | None = None) -> nx.DiGraph:
     """Parse, expand and shape-check `.cnn` source, and its `train { ... }` block; raises
     CnnDslError on a user error, whose str() is the located report (`filename:LINE:COL:
-    error: ...`, the source line, a caret, a hint) the CLI prints."""
+    error: ...`, the source line, a caret, a hint) the CLI prints.
+
+    `bindings` override the file's `let`s; `data` binds names from the data (`{"classes":
+    10}`, the dataset's class count) only where neither a `let` nor `bindings` does. An
+    unbound `classes` raises cnndsl.evaluate.UnboundClasses."""
     try:
-        return _check(text, bindings)
+        return _check(text, bindings, data)
     except CnnDslError as error:
         raise error.located(text, filename) from None
 
@@ -44,12 +48,12 @@ def nesting_guard():
             gc.enable()
 
 
-def _check(text: str, bindings: dict | None) -> nx.DiGraph:
+def _check(text: str, bindings: dict | None, data: dict | None) -> nx.DiGraph:
     from cnndsl.trainconfig import program_settings
 
     with nesting_guard():
         program = parse(text)
-        graph = infer_shapes(build_ir(program, bindings, text))
+        graph = infer_shapes(build_ir(program, bindings, text, data))
         # so that `check` refuses what `train` would (and knows the file's batch size)
-        graph.graph["train_settings"] = program_settings(program, bindings)
+        graph.graph["train_settings"] = program_settings(program, bindings, data)
         return graph

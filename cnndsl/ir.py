@@ -80,17 +80,20 @@ class _Statements:
 
 
 def build_ir(program: ast.Program, bindings: dict | None = None,
-             text: str | None = None) -> Network:
+             text: str | None = None, data: dict | None = None) -> Network:
     """Expand `program` into the layer graph. `bindings` override `let` (and may add names);
-    `text`, the source, lets file-level errors point at its end."""
-    return _Builder(program, dict(bindings or {}), text).build()
+    `data` binds names from the data (`{"classes": 10}`) where neither a `let` nor
+    `bindings` does; `text`, the source, lets file-level errors point at its end."""
+    return _Builder(program, dict(bindings or {}), text, dict(data or {})).build()
 
 
 class _Builder:
-    def __init__(self, program: ast.Program, overrides: dict, text: str | None):
+    def __init__(self, program: ast.Program, overrides: dict, text: str | None,
+                 data: dict | None = None):
         self.program = program
         self.text = text
         self.overrides = overrides
+        self.data = data or {}
         self.defs: dict[str, ast.DefStmt] = {}
         self.nodes: list[tuple[int, dict]] = []
         self.counters = {"repeat": 0, "macro": 0}
@@ -117,11 +120,20 @@ class _Builder:
         first = self._add_node("Input", InputParams(input_shape), [], statements.input.span,
                                None, (), "Input")
         last = self._chain(statements.body.chain, env, (), first)
+        if last == first:
+            raise GraphError("the network has no layers: every layer in it is repeated 0 "
+                             "times", statements.body.span,
+                             hint="a repetition count of 0 leaves its group out; keep at "
+                                  "least one layer (check the counts and --set values)")
         graph = self._finish(last)
         graph.graph["name"] = statements.network.name if statements.network else "network"
         graph.graph["input_shape"] = input_shape
         graph.graph["bindings"] = {k: v for k, v in env.values.items()}
         graph.graph["used_bindings"] = list(env.used)
+        # the names the data bound (`classes`), where no `let` or override did
+        graph.graph["data_bindings"] = {name: value for name, value in self.data.items()
+                                        if name not in self.overrides
+                                        and name not in self.let_names}
         return graph
 
     def _collect(self) -> _Statements:
@@ -187,9 +199,9 @@ class _Builder:
         return op
 
     def _bind_lets(self) -> Env:
-        for name, value in self.overrides.items():
+        for name, value in {**self.data, **self.overrides}.items():
             _check_override(name, value)
-        env = Env(dict(self.overrides))
+        env = Env({**self.data, **self.overrides})  # a `let` below replaces a data binding
         defined: dict[str, Span] = {}
         for statement in self.program.statements:
             if not isinstance(statement, ast.LetStmt):
@@ -210,6 +222,7 @@ class _Builder:
                     raise BindingError("'let' binds numbers only", binding.value.span)
                 env.values[binding.name] = value
         self.globals = dict(env.values)
+        self.let_names = set(defined)
         return env
 
     def _input_shape(self, statement: ast.InputStmt, env: Env) -> tuple[int, ...]:
@@ -253,9 +266,13 @@ class _Builder:
         if isinstance(count, bool) or not isinstance(count, int):
             raise CnnDslError(f"a repetition count must be a whole number, got {show(count)}",
                               item.count.span)
-        if count < 1:
-            raise CnnDslError(f"repetition count {count} is below 1", item.count.span,
-                              hint="repeat a block at least once, or remove it")
+        if count < 0:
+            raise CnnDslError(f"repetition count {count} is negative", item.count.span,
+                              hint="a repetition count is a whole number >= 0 (0 leaves "
+                                   "the group out)")
+        if count == 0:  # the group vanishes; its layer names must still be real layers
+            self._check_layer_names(item.body)
+            return tail
         self.counters["repeat"] += 1
         scope_id = f"rep{self.counters['repeat']}"
         for index in range(count):

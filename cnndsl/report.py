@@ -15,15 +15,20 @@ def confusion_matrix(truth: np.ndarray, predicted: np.ndarray, classes: int) -> 
     return matrix
 
 
-def format_evaluation(matrix: np.ndarray, names: list, source: str = "") -> str:
+def format_evaluation(matrix: np.ndarray, names: list, source: str = "",
+                      top5: float | None = None) -> str:
     """The report as text; class names and the source come from files, so their control
-    characters (terminal escapes) are shown escaped, \\x1b, never sent to the terminal."""
+    characters (terminal escapes) are shown escaped, \\x1b, never sent to the terminal.
+    `top5` (cnndsl.train.evaluate's, with more than 5 classes) is shown under the accuracy."""
     names = [printable(str(n)) for n in names]
     source = printable(str(source))
     total = matrix.sum()
     correct = np.trace(matrix)
     lines = [f"accuracy {correct / total:.4f} ({correct:,} of {total:,} test images"
-             + (f" of {source})" if source else ")"), "", "per-class accuracy:"]
+             + (f" of {source})" if source else ")")]
+    if top5 is not None:
+        lines.append(f"top-5    {top5:.4f} (the true class among the 5 most probable)")
+    lines += ["", "per-class accuracy:"]
     width = max(len(str(n)) for n in names) if names else 5
     for index, name in enumerate(names):
         count = matrix[index].sum()

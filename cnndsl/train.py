@@ -106,42 +106,62 @@ def predict_proba(model, x: np.ndarray) -> np.ndarray:
     return out
 
 
+#: top-5 accuracy (ILSVRC's measure) is reported when there are more classes than this
+TOP_K = 5
+
+
 def evaluate(model, x: np.ndarray, y: np.ndarray, batch: int = EVAL_BATCH,
              classes: int | None = None) -> dict:
     """Mean cross-entropy, accuracy, per-class accuracy and confusion matrix of `model`
     (inference mode) on x: (N, *input), y: (N,) class indices.
 
     {"loss", "accuracy", "per_class": [accuracy of class k, NaN without examples],
-    "confusion": (K, K) int64 ndarray, rows the true class, columns the predicted one}.
-    K is `classes` (default: the network's outputs), or more if a prediction is beyond
-    it. No examples: NaN loss and accuracy."""
+    "confusion": (K, K) int64 ndarray, rows the true class, columns the predicted one},
+    and "top5" (the fraction whose true class is among the 5 most probable outputs) when
+    there are more than 5 classes. K is `classes` (default: the network's outputs), or
+    more if a prediction is beyond it. No examples: NaN loss and accuracy (and top5)."""
     from cnndsl.report import confusion_matrix
 
     classes = int(np.prod(model.output_shape)) if classes is None else classes
-    loss_sum, predicted = 0.0, []
+    loss_sum, predicted, in_top = 0.0, [], 0
     for start in range(0, len(x), batch):
         probs = predict_proba(model, x[start:start + batch])
         labels = y[start:start + batch]
         picked = probs[np.arange(len(labels)), labels]
         loss_sum += float(-np.log(np.maximum(picked, 1e-12)).sum())
         predicted.append(probs.argmax(axis=1))
+        in_top += top_k_hits(probs, labels, TOP_K)
     predicted = np.concatenate(predicted) if predicted else np.zeros(0, dtype=np.int64)
     matrix = confusion_matrix(y, predicted, classes)
     counts = matrix.sum(axis=1)
     with np.errstate(invalid="ignore", divide="ignore"):
         per_class = np.diagonal(matrix) / counts
     if len(x) == 0:
-        loss = accuracy = float("nan")
+        loss = accuracy = top = float("nan")
     else:
         loss, accuracy = loss_sum / len(x), int(np.trace(matrix)) / len(x)
-    return {"loss": loss, "accuracy": accuracy, "per_class": [float(a) for a in per_class],
-            "confusion": matrix}
+        top = in_top / len(x)
+    result = {"loss": loss, "accuracy": accuracy}
+    if classes > TOP_K:
+        result["top5"] = top
+    return {**result, "per_class": [float(a) for a in per_class], "confusion": matrix}
+
+
+def top_k_hits(probs: np.ndarray, labels: np.ndarray, k: int) -> int:
+    """How many rows of probs: (N, K) rank their label (N,) among their k highest. Ties
+    rank the lower index first, as argmax does (so k=1 counts what argmax gets right, and
+    a uniform output is not 'right' for every label)."""
+    picked = probs[np.arange(len(labels)), labels][:, None]
+    before = np.arange(probs.shape[1])[None, :] < labels[:, None]
+    ahead = (probs > picked) | ((probs == picked) & before)
+    return int((ahead.sum(axis=1) < k).sum())
 
 
 def _loss_and_accuracy(model, x, y) -> dict:
-    """What the history records of a validation or test pass (JSON-ready)."""
+    """What the history records of a validation or test pass (JSON-ready): loss,
+    accuracy, and top5 with more than 5 classes."""
     result = evaluate(model, x, y)
-    return {"loss": result["loss"], "accuracy": result["accuracy"]}
+    return {key: result[key] for key in ("loss", "accuracy", "top5") if key in result}
 
 
 # ---- progress bars and the first run's compilation ---------------------------------------

@@ -89,15 +89,17 @@ def from_program(program: ast.Program, bindings: dict | None = None) -> TrainCon
     return config
 
 
-def program_settings(program: ast.Program, bindings: dict | None = None) -> dict:
-    """The settings the file's `train { ... }` block gives (checked), by name."""
+def program_settings(program: ast.Program, bindings: dict | None = None,
+                     data: dict | None = None) -> dict:
+    """The settings the file's `train { ... }` block gives (checked), by name; `bindings`
+    and `data` as cnndsl.frontend.check_text takes them."""
     blocks = [s for s in program.statements if isinstance(s, ast.TrainStmt)]
     if len(blocks) > 1:
         raise GraphError("a second 'train' block", blocks[1].span).with_note(
             "the first one is here", blocks[0].span)
     if not blocks:
         return {}
-    env = Env(_let_values(program, bindings or {}))
+    env = Env(_let_values(program, bindings or {}, data or {}))
     settings: dict[str, object] = {}
     for setting in blocks[0].settings:
         if setting.name not in KINDS:
@@ -152,8 +154,8 @@ def _value(setting: ast.Setting, env: Env):
     return evaluate(setting.value, env)
 
 
-def _let_values(program: ast.Program, bindings: dict) -> dict:
-    values = dict(bindings)
+def _let_values(program: ast.Program, bindings: dict, data: dict) -> dict:
+    values = {**data, **bindings}  # a `let` replaces a data binding, not an override
     for statement in program.statements:
         if isinstance(statement, ast.LetStmt):
             for binding in statement.bindings:

@@ -265,18 +265,18 @@ def test_concat_with_different_spatial_sizes(check):
 
 
 @pytest.mark.parametrize("count,text,occurrence,value", [
-    ("0", "0", 1, "0"),
     ("(n - 3)", "n - 3", 1, "-1"),
-    ("n * 0", "0", 1, "0"),  # `X * n * 0` is `(X * n) * 0`: the outer count is the one below 1
+    ("(0 - n)", "0 - n", 1, "-2"),
+    ("n * (0 - 1)", "0 - 1", 1, "-1"),  # `X * n * c` is `(X * n) * c`: the outer count
 ])
-def test_repetition_count_below_one(check, count, text, occurrence, value):
+def test_negative_repetition_count(check, count, text, occurrence, value):
     source = f"input 28x28x1\nlet n = 2\n(Conv(8) -> ReLU) * {count} -> FC(10)\n"
     err = check(source)
     line, _ = locate(source, text, occurrence)
     assert line == 3
     message = assert_error_at(err, source, text, occurrence)
-    assert message == f"repetition count {value} is below 1"
-    assert "at least once" in hint_of(err)
+    assert message == f"repetition count {value} is negative"
+    assert "0 leaves the group out" in hint_of(err)
 
 
 def test_repetition_count_not_whole(check):
@@ -457,13 +457,13 @@ def test_json_with_a_bad_file(in_repo, capsys):
 
 @pytest.mark.parametrize("argv", [
     ["check"],  # missing file argument
-    ["check", "tests/programs/bad/repeat_zero.cnn", "--bogus"],  # unknown flag
+    ["check", "tests/programs/bad/repeat_negative.cnn", "--bogus"],  # unknown flag
     [],  # no command
     ["frobnicate", "x.cnn"],  # unknown command
-    ["check", "tests/programs/bad/repeat_zero.cnn", "--set"],  # --set without a value
-    ["check", "tests/programs/bad/repeat_zero.cnn", "--set", "k=abc"],  # not a number
-    ["check", "tests/programs/bad/repeat_zero.cnn", "--set", "k"],  # no '='
-    ["check", "tests/programs/bad/repeat_zero.cnn", "--set", "2k=3"],  # not a name
+    ["check", "tests/programs/bad/repeat_negative.cnn", "--set"],  # --set without a value
+    ["check", "tests/programs/bad/repeat_negative.cnn", "--set", "k=abc"],  # not a number
+    ["check", "tests/programs/bad/repeat_negative.cnn", "--set", "k"],  # no '='
+    ["check", "tests/programs/bad/repeat_negative.cnn", "--set", "2k=3"],  # not a name
 ])
 def test_usage_errors_exit_2(argv, in_repo, capsys):
     status, out, err = run(argv, capsys)
@@ -473,7 +473,7 @@ def test_usage_errors_exit_2(argv, in_repo, capsys):
 
 
 def test_set_abc_names_the_binding(in_repo, capsys):
-    status, _, err = run(["check", "tests/programs/bad/repeat_zero.cnn", "--set", "k=abc"],
+    status, _, err = run(["check", "tests/programs/bad/repeat_negative.cnn", "--set", "k=abc"],
                          capsys)
     assert status == 2
     assert "'k'" in err and "'abc'" in err
@@ -496,10 +496,10 @@ def test_set_overrides_let_on_the_command_line(extra, convs, tmp_path, monkeypat
     assert _count_convs(json.loads(out)["layers"]) == convs
 
 
-def test_set_zero_is_a_file_error_at_the_count(check):
-    err = check(LET_K, "--set", "k=0")
+def test_set_negative_is_a_file_error_at_the_count(check):
+    err = check(LET_K, "--set", "k=-1")
     assert_error_at(err, LET_K, "k", occurrence=2)
-    assert "repetition count 0 is below 1" in err
+    assert "repetition count -1 is negative" in err
 
 
 def test_check_text_bindings_override_let():
@@ -509,5 +509,5 @@ def test_check_text_bindings_override_let():
     assert convs(cnndsl.check_text(LET_K)) == 2
     assert convs(cnndsl.check_text(LET_K, {"k": 3})) == 3
     with pytest.raises(cnndsl.CnnDslError) as info:
-        cnndsl.check_text(LET_K, {"k": 0})
+        cnndsl.check_text(LET_K, {"k": -1})
     assert info.value.span is not None and (info.value.span.line, info.value.span.col) == (3, 21)

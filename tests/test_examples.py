@@ -13,7 +13,8 @@ from cnndsl.shapes import totals
 PUBLISHED = {
     "lenet5.cnn": (61_706, (10,)),            # LeCun et al. 1998
     "mnist_pytorch.cnn": (21_840, (10,)),     # the lecture's PyTorch MNIST example
-    "lecture.cnn": (228_896, (128,)),         # computed: bare Conv = 32 3x3, bare FC = 128
+    # computed: bare Conv = 32 3x3, bare FC = 128, then FC(classes = 10): 228,896 + 1,290
+    "lecture.cnn": (230_186, (10,)),
     "alexnet.cnn": (61_100_840, (1000,)),     # torchvision
     "vgg16.cnn": (138_357_544, (1000,)),      # torchvision
     "resnet18.cnn": (11_689_512, (1000,)),    # torchvision

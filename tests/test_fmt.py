@@ -310,15 +310,23 @@ def test_the_examples_are_formatted():
 
 
 def test_the_lecture_notation_as_written_is_the_formatted_example():
-    """examples/lecture.cnn quotes the notes' line in a comment: written that way, the file
-    formats to itself and compiles to the same graph."""
+    """examples/lecture.cnn quotes the notes' line in a comment, and the same line with the
+    classifier FC(classes) before its Softmax: written that way, the file formats to itself
+    and compiles to the same graph, which is the notes' network plus that one layer."""
     text = PROGRAMS["examples/lecture.cnn"]
-    compact = "[(Conv→ReLU)*k→Pool]*m→(FC→ReLU)*n→Softmax"
-    assert f"#   {compact}\n" in text
+    notes = "[(Conv→ReLU)*k→Pool]*m→(FC→ReLU)*n→Softmax"
+    compact = notes.replace("→Softmax", "→FC(classes)→Softmax")
+    assert f"#   {notes}\n" in text and f"#   {compact}\n" in text
     body = text.splitlines()[-1]
     as_written = text.replace(body, compact)
     assert fmt(as_written) == text
-    assert _graph_facts(check_text(as_written)) == _graph_facts(check_text(text))
+    graph = check_text(text)
+    assert _graph_facts(check_text(as_written)) == _graph_facts(graph)
+    as_in_the_notes = check_text(text.replace(body, notes))
+    ops = [node["op"] for _, node in graph.nodes(data=True)]
+    notes_ops = [node["op"] for _, node in as_in_the_notes.nodes(data=True)]
+    assert ops == notes_ops[:-1] + ["FC", "Softmax"]
+    assert graph.nodes[graph.graph["output"]]["shape"] == (graph.graph["bindings"]["classes"],)
 
 
 # ---- the safety check ----------------------------------------------------------------------
