@@ -12,15 +12,37 @@ class Elementwise(Op):
     """y has x's shape."""
 
     family = "activation"
+    #: the ONNX operator and the PyTorch module that compute it; a kind with arguments
+    #: (LeakyReLU, Softmax) writes its own `onnx` and `pytorch` hooks instead
+    onnx_op: str | None = None
+    torch_module: str | None = None
 
     @staticmethod
     def shape(p, x):
         return x
 
+    @classmethod
+    def onnx(cls, b, layer, xs):
+        if cls.onnx_op is None:
+            return Op.onnx.__func__(cls, b, layer, xs)  # the named "no ONNX emitter" error
+        from cnndsl.export.emit import onnx_single
+
+        return onnx_single(b, layer, xs, cls.onnx_op)
+
+    @classmethod
+    def pytorch(cls, layer, xs):
+        if cls.torch_module is None:
+            return Op.pytorch.__func__(cls, layer, xs)
+        from cnndsl.export.emit import torch_simple
+
+        return torch_simple(layer, xs, cls.torch_module)
+
 
 @register
 class ReLU(Elementwise):
     name = "ReLU"
+    onnx_op = "Relu"
+    torch_module = "nn.ReLU()"
     #: what a preceding layer with `fusable_activations` may fold in (cnndsl.model)
     activation = "relu"
 
@@ -32,18 +54,6 @@ class ReLU(Elementwise):
     @staticmethod
     def backward(p, g, w, y, dy, ctx):
         return [ctx.kernels("elementwise").relu_backward(y, dy)], {}
-
-    @classmethod
-    def onnx(cls, b, layer, xs):
-        from cnndsl.export.emit import onnx_single
-
-        return onnx_single(b, layer, xs, "Relu")
-
-    @classmethod
-    def pytorch(cls, layer, xs):
-        from cnndsl.export.emit import torch_simple
-
-        return torch_simple(layer, xs, "nn.ReLU()")
 
 
 @dataclass(frozen=True)
@@ -86,6 +96,8 @@ class LeakyReLU(Elementwise):
 @register
 class Sigmoid(Elementwise):
     name = "Sigmoid"
+    onnx_op = "Sigmoid"
+    torch_module = "nn.Sigmoid()"
 
     @staticmethod
     def forward(p, g, w, xs, ctx):
@@ -96,22 +108,12 @@ class Sigmoid(Elementwise):
     def backward(p, g, w, y, dy, ctx):
         return [ctx.kernels("elementwise").sigmoid_backward(y, dy)], {}
 
-    @classmethod
-    def onnx(cls, b, layer, xs):
-        from cnndsl.export.emit import onnx_single
-
-        return onnx_single(b, layer, xs, "Sigmoid")
-
-    @classmethod
-    def pytorch(cls, layer, xs):
-        from cnndsl.export.emit import torch_simple
-
-        return torch_simple(layer, xs, "nn.Sigmoid()")
-
 
 @register
 class Tanh(Elementwise):
     name = "Tanh"
+    onnx_op = "Tanh"
+    torch_module = "nn.Tanh()"
 
     @staticmethod
     def forward(p, g, w, xs, ctx):
@@ -121,18 +123,6 @@ class Tanh(Elementwise):
     @staticmethod
     def backward(p, g, w, y, dy, ctx):
         return [ctx.kernels("elementwise").tanh_backward(y, dy)], {}
-
-    @classmethod
-    def onnx(cls, b, layer, xs):
-        from cnndsl.export.emit import onnx_single
-
-        return onnx_single(b, layer, xs, "Tanh")
-
-    @classmethod
-    def pytorch(cls, layer, xs):
-        from cnndsl.export.emit import torch_simple
-
-        return torch_simple(layer, xs, "nn.Tanh()")
 
 
 @register

@@ -184,6 +184,9 @@ class GlobalPool(Op):
     """x: spatial x C -> y: (C,)."""
 
     family = "pool"
+    #: the ONNX operator (then a Flatten) and PyTorch's AdaptiveXPool kind
+    onnx_op = ""
+    torch_kind = ""
 
     @staticmethod
     def shape(p, x):
@@ -194,10 +197,24 @@ class GlobalPool(Op):
     def window(p, in_shapes):
         return Window.whole(in_shapes[0][:-1])
 
+    @classmethod
+    def onnx(cls, b, layer, xs):
+        from cnndsl.export.emit import onnx_global
+
+        return onnx_global(b, layer, xs, cls.onnx_op)
+
+    @classmethod
+    def pytorch(cls, layer, xs):
+        from cnndsl.export.emit import torch_global
+
+        return torch_global(layer, xs, cls.torch_kind)
+
 
 @register
 class GlobalAvgPool(GlobalPool):
     name = "GlobalAvgPool"
+    onnx_op = "GlobalAveragePool"
+    torch_kind = "Avg"
 
     @staticmethod
     def forward(p, g, w, xs, ctx):
@@ -210,22 +227,12 @@ class GlobalAvgPool(GlobalPool):
         dx = ctx.kernels("pool").global_avgpool_backward(dy, x_shape)
         return [_from5d(dx, rank)], {}
 
-    @classmethod
-    def onnx(cls, b, layer, xs):
-        from cnndsl.export.emit import onnx_global
-
-        return onnx_global(b, layer, xs, "GlobalAveragePool")
-
-    @classmethod
-    def pytorch(cls, layer, xs):
-        from cnndsl.export.emit import torch_global
-
-        return torch_global(layer, xs, "Avg")
-
 
 @register
 class GlobalMaxPool(GlobalPool):
     name = "GlobalMaxPool"
+    onnx_op = "GlobalMaxPool"
+    torch_kind = "Max"
 
     @staticmethod
     def forward(p, g, w, xs, ctx):
@@ -238,15 +245,3 @@ class GlobalMaxPool(GlobalPool):
         argmax, x_shape, rank = saved
         dx = ctx.kernels("pool").global_maxpool_backward(dy, argmax, x_shape)
         return [_from5d(dx, rank)], {}
-
-    @classmethod
-    def onnx(cls, b, layer, xs):
-        from cnndsl.export.emit import onnx_global
-
-        return onnx_global(b, layer, xs, "GlobalMaxPool")
-
-    @classmethod
-    def pytorch(cls, layer, xs):
-        from cnndsl.export.emit import torch_global
-
-        return torch_global(layer, xs, "Max")
