@@ -34,6 +34,10 @@ SMALL = {
     "fc_spatial": ("3x4x2", "Dense(5) -> ReLU -> Dropout(0.3) -> FC(4) -> Softmax"),
     "activations": ("5x5x3", "ReLU -> LeakyReLU(0.1) -> Sigmoid -> Tanh -> Identity -> Dropout"),
     "softmax_spatial": ("5x5x3", "Conv(4, 1) -> Softmax"),
+    "maxout": ("6x5x4", ("Conv(6, 3) -> Maxout(3) -> Maxout(2) -> Flatten -> FC(4) -> "
+                         "Maxout(2)")),  # 2-D, then flat
+    "maxout_1d": ("12x4", "Maxout(2) -> Conv(6, 3) -> Maxout(3)"),
+    "maxout_3d": ("5x6x4x4", "Maxout(2) -> Conv(6, 3) -> Maxout(3) -> GlobalMaxPool"),
     "batchnorm": ("5x5x3", "BatchNorm(eps=0.001, momentum=0.3) -> Conv(2, 3)"),
     "conv1d": ("40x3", ("Conv(4, 4, stride=2) -> BatchNorm -> MaxPool(3, 2, pad=same) -> "
                        "ConvT(3, 3, stride=2) -> DepthwiseConv(2, stride=2) -> "

@@ -28,6 +28,7 @@ LAYER_CASES = {
     "Sigmoid": ("5x5x3", "Sigmoid"),
     "Tanh": ("5x5x3", "Tanh"),
     "Softmax": ("5x5x3", "Softmax"),
+    "Maxout": ("5x5x4", "Maxout(2)"),
     "BatchNorm": ("5x5x3", "BatchNorm"),
     "Dropout": ("5x5x3", "Dropout(0.3)"),
     "Identity": ("5x5x3", "Identity"),

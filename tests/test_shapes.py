@@ -88,6 +88,7 @@ def test_every_layer_kind_has_a_shape():
         "FC": ("FC(7)", (7,)), "ReLU": ("ReLU", (8, 8, 4)),
         "LeakyReLU": ("LeakyReLU(0.2)", (8, 8, 4)), "Sigmoid": ("Sigmoid", (8, 8, 4)),
         "Tanh": ("Tanh", (8, 8, 4)), "Softmax": ("Softmax", (8, 8, 4)),
+        "Maxout": ("Maxout(2)", (8, 8, 2)),
         "BatchNorm": ("BatchNorm", (8, 8, 4)), "Dropout": ("Dropout(0.1)", (8, 8, 4)),
         "Identity": ("Identity", (8, 8, 4)),
     }

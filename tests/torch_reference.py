@@ -104,6 +104,8 @@ def run_node(op_name, p, geo, w, xs, rank, train):
         return torch.tanh(x)
     if op_name == "Softmax":
         return F.softmax(x, dim=1)
+    if op_name == "Maxout":  # channel j = max over channels [j*pieces, (j+1)*pieces)
+        return x.unflatten(1, (x.shape[1] // p.pieces, p.pieces)).amax(dim=2)
     if op_name == "BatchNorm":
         return F.batch_norm(x, w["running_mean"], w["running_var"], w["weight"], w["bias"],
                             training=train, momentum=p.momentum, eps=p.eps)

@@ -1,11 +1,15 @@
-"""Element-wise activations and Softmax (over channels, the last declared axis)."""
+"""Element-wise activations, Softmax (over channels, the last declared axis) and Maxout
+(a max over groups of channels)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
+from cnndsl.errors import ShapeMismatch
 from cnndsl.ops import Op, register
-from cnndsl.ops.args import Real, arg
+from cnndsl.ops.args import Count, Real, arg
 
 
 class Elementwise(Op):
@@ -153,3 +157,72 @@ class Softmax(Elementwise):
         from cnndsl.export.emit import torch_simple
 
         return torch_simple(layer, xs, "nn.Softmax(dim=1)")  # over channels
+
+
+@dataclass(frozen=True)
+class MaxoutParams:
+    pieces: int = arg(Count(1))
+
+
+@register
+class Maxout(Op):
+    """Maxout units (Goodfellow et al. 2013), cross-channel pooling: x (N, *spatial, C)
+    channels-last, or flat (N, C) -> y (N, *spatial, C / pieces), where output channel j is
+    the max over input channels [j*pieces, (j+1)*pieces) (consecutive channels, at the same
+    position). Backward sends dy to the argmax of each group (the first one on ties).
+    Plain NumPy: a reshape and a max, no kernel of its own."""
+
+    name = "Maxout"
+    Params = MaxoutParams
+    family = "activation"
+
+    @staticmethod
+    def shape(p, x):
+        if len(x) > 4:
+            raise ShapeMismatch(f"supports 1-D, 2-D and 3-D inputs, got {len(x) - 1}-D")
+        channels = x[-1]
+        if channels % p.pieces:
+            raise ShapeMismatch(
+                f"pieces={p.pieces} does not divide the input channels ({channels})",
+                hint=f"give a number of pieces that divides {channels}, or make the layer "
+                     f"before give a multiple of {p.pieces} channels")
+        return (*x[:-1], channels // p.pieces)
+
+    @staticmethod
+    def describe(p):
+        return str(p.pieces)
+
+    @staticmethod
+    def forward(p, g, w, xs, ctx):
+        x = xs[0]
+        groups = x.reshape(*x.shape[:-1], x.shape[-1] // p.pieces, p.pieces)
+        winner = groups.argmax(axis=-1)  # the first maximum on ties
+        y = np.take_along_axis(groups, winner[..., None], axis=-1)[..., 0]
+        return y, (winner, x.shape)
+
+    @staticmethod
+    def backward(p, g, w, saved, dy, ctx):
+        winner, x_shape = saved
+        if not ctx.need_dx:
+            return [None], {}
+        dx = np.zeros((*dy.shape, p.pieces), dtype=dy.dtype)
+        np.put_along_axis(dx, winner[..., None], dy[..., None], axis=-1)
+        return [dx.reshape(x_shape)], {}
+
+    @classmethod
+    def onnx(cls, b, layer, xs):
+        """Reshape (N, C, *S) to (N, C/p, p, prod(S)), MaxPool a (p, 1) window (any opset
+        from 13; ReduceMax moved its axes to an input at 18), then Reshape to (N, C/p, *S)."""
+        pieces, (*sizes, channels) = layer.params.pieces, layer.in_shapes[0]
+        groups = b.constant(f"{layer.name}/groups_shape",
+                            [0, channels // pieces, pieces, -1])
+        grouped = b.node("Reshape", [xs[0], groups], f"{layer.name}/groups")
+        pooled = b.node("MaxPool", [grouped], f"{layer.name}/max", kernel_shape=[pieces, 1])
+        out = b.constant(f"{layer.name}/shape", [0, channels // pieces, *sizes])
+        return b.node("Reshape", [pooled, out], layer.name)
+
+    @classmethod
+    def pytorch(cls, layer, xs):
+        """Inline: channels-first (N, C, *S) -> (N, C/p, p, *S), the max over the pieces."""
+        pieces, channels = layer.params.pieces, layer.in_shapes[0][-1]
+        return None, f"{xs[0]}.unflatten(1, ({channels // pieces}, {pieces})).amax(dim=2)"
