@@ -31,6 +31,12 @@ class WindowPool(Op):
 
     Params = PoolParams
     family = "pool"
+    #: the ONNX operator (with attributes) and PyTorch's nn.{kind}{rank}d; padding is
+    #: filled with `torch_fill` where the module cannot pad (asymmetric padding)
+    onnx_op = ""
+    onnx_attributes: tuple[tuple[str, int], ...] = ()
+    torch_kind = ""
+    torch_fill: str | None = None
 
     @staticmethod
     def shape(p, x):
@@ -72,6 +78,18 @@ class WindowPool(Op):
         stride = p.stride if p.stride is not None else p.size
         return window3(in_shapes[0][:-1], p.size, stride, 1, p.pad)
 
+    @classmethod
+    def onnx(cls, b, layer, xs):
+        from cnndsl.export.emit import onnx_pool
+
+        return onnx_pool(b, layer, xs, cls.onnx_op, **dict(cls.onnx_attributes))
+
+    @classmethod
+    def pytorch(cls, layer, xs):
+        from cnndsl.export.emit import torch_pool
+
+        return torch_pool(layer, xs, cls.torch_kind, fill=cls.torch_fill)
+
     @staticmethod
     def _window(g):
         return g["kernel"], g["stride"], g["pad_before"], g["pad_after"]
@@ -91,6 +109,9 @@ class MaxPool(WindowPool):
     """Maximum over the window; padding never wins. Saves the argmax for backward."""
 
     name = "MaxPool"
+    onnx_op = "MaxPool"
+    torch_kind = "MaxPool"
+    torch_fill = "float('-inf')"  # padding never wins
     aliases = ("Pool",)
     explain_bare = True
 
@@ -106,24 +127,15 @@ class MaxPool(WindowPool):
         dx = ctx.kernels("pool").maxpool_backward(_as5d(dy), argmax, x_shape)
         return [_from5d(dx, dy.ndim - 2)], {}
 
-    @classmethod
-    def onnx(cls, b, layer, xs):
-        from cnndsl.export.emit import onnx_pool
-
-        return onnx_pool(b, layer, xs, "MaxPool")
-
-    @classmethod
-    def pytorch(cls, layer, xs):
-        from cnndsl.export.emit import torch_pool
-
-        return torch_pool(layer, xs, "MaxPool", fill="float('-inf')")  # padding never wins
-
 
 @register
 class AvgPool(WindowPool):
     """Average over the window; zero padding counts in the divisor (PyTorch's default)."""
 
     name = "AvgPool"
+    onnx_op = "AveragePool"
+    onnx_attributes = (("count_include_pad", 1),)  # padded zeros count, as in PyTorch
+    torch_kind = "AvgPool"
 
     @staticmethod
     def forward(p, g, w, xs, ctx):
@@ -136,24 +148,15 @@ class AvgPool(WindowPool):
         dx = ctx.kernels("pool").avgpool_backward(_as5d(dy), x_shape, *WindowPool._window(g))
         return [_from5d(dx, dy.ndim - 2)], {}
 
-    @classmethod
-    def onnx(cls, b, layer, xs):
-        from cnndsl.export.emit import onnx_pool
-
-        return onnx_pool(b, layer, xs, "AveragePool", count_include_pad=1)
-
-    @classmethod
-    def pytorch(cls, layer, xs):
-        from cnndsl.export.emit import torch_pool
-
-        return torch_pool(layer, xs, "AvgPool")
-
 
 @register
 class L2Pool(WindowPool):
     """sqrt(sum of squares) over the window."""
 
     name = "L2Pool"
+    onnx_op = "LpPool"
+    onnx_attributes = (("p", 2),)
+    torch_kind = "LPPool"
 
     @staticmethod
     def forward(p, g, w, xs, ctx):
@@ -166,18 +169,6 @@ class L2Pool(WindowPool):
         x5, y = saved
         dx = ctx.kernels("pool").l2pool_backward(x5, y, _as5d(dy), *WindowPool._window(g))
         return [_from5d(dx, dy.ndim - 2)], {}
-
-    @classmethod
-    def onnx(cls, b, layer, xs):
-        from cnndsl.export.emit import onnx_pool
-
-        return onnx_pool(b, layer, xs, "LpPool", p=2)
-
-    @classmethod
-    def pytorch(cls, layer, xs):
-        from cnndsl.export.emit import torch_pool
-
-        return torch_pool(layer, xs, "LPPool")
 
 
 class GlobalPool(Op):
