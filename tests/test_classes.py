@@ -201,15 +201,23 @@ def test_train_and_eval_bind_classes_from_the_data(tmp_path, seven_classes, caps
     assert np.isfinite(metrics["test"]["loss"])
 
 
+def trained_one_epoch(folder, data):
+    """(net.cnn using an unbound `classes`, w.npz): `cnndsl train` of one epoch on `data`."""
+    from cnndsl.cli import main
+
+    net = folder / "net.cnn"
+    net.write_text(USES_CLASSES + "train { epochs = 1, batch = 32 }\n", encoding="utf-8")
+    out = folder / "w.npz"
+    assert main(["train", str(net), "--data", str(data), "-o", str(out),
+                 "--no-progress"]) == 0
+    return net, out
+
+
 def test_resume_binds_classes_from_the_saved_runs_data(tmp_path, seven_classes, capsys):
     from cnndsl import checkpoint
     from cnndsl.cli import main
 
-    net = tmp_path / "net.cnn"
-    net.write_text(USES_CLASSES + "train { epochs = 1, batch = 32 }\n", encoding="utf-8")
-    out = tmp_path / "w.npz"
-    assert main(["train", str(net), "--data", str(seven_classes), "-o", str(out),
-                 "--no-progress"]) == 0
+    net, out = trained_one_epoch(tmp_path, seven_classes)
     capsys.readouterr()
     # no --data: the resumed run's (seven.npz), not the default Fashion-MNIST's 10 classes
     assert main(["train", str(net), "-o", str(out), "--resume", "--epochs", "2",
@@ -224,11 +232,7 @@ def test_a_data_bound_network_refuses_other_data_at_eval(tmp_path, seven_classes
 
     from cnndsl.cli import main
 
-    net = tmp_path / "net.cnn"
-    net.write_text(USES_CLASSES + "train { epochs = 1, batch = 32 }\n", encoding="utf-8")
-    out = tmp_path / "w.npz"
-    assert main(["train", str(net), "--data", str(seven_classes), "-o", str(out),
-                 "--no-progress"]) == 0
+    net, out = trained_one_epoch(tmp_path, seven_classes)
     x, y = synthetic(40, 3, 2)
     three = tmp_path / "three.npz"
     np.savez(three, x_train=x, y_train=y, x_test=x, y_test=y)
@@ -244,11 +248,7 @@ def test_predict_binds_classes_from_the_weights(tmp_path, seven_classes, capsys)
 
     from cnndsl.cli import main
 
-    net = tmp_path / "net.cnn"
-    net.write_text(USES_CLASSES + "train { epochs = 1, batch = 32 }\n", encoding="utf-8")
-    out = tmp_path / "w.npz"
-    assert main(["train", str(net), "--data", str(seven_classes), "-o", str(out),
-                 "--no-progress"]) == 0
+    net, out = trained_one_epoch(tmp_path, seven_classes)
     image = tmp_path / "row.png"
     Image.new("L", (8, 8), 0).save(image)
     capsys.readouterr()
