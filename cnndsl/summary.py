@@ -91,13 +91,9 @@ def error_json(error: CnnDslError) -> dict:
         return {"error": described, "layers": []}
     rows = layer_rows(failing)
     described["layer"] = rows[-1]["name"] if rows and "error" in rows[-1] else None
-    return {"name": failing.graph.get("name", "network"),
-            "input": list(failing.nodes[_input_name(failing)]["shape"]),
+    return {"name": failing.graph["name"],
+            "input": list(failing.graph["input_shape"]),
             "error": described, "layers": rows}
-
-
-def _input_name(graph: nx.DiGraph) -> str:
-    return next(n for n, d in graph.nodes(data=True) if d["op"] == "Input")
 
 
 def op_text(node: dict) -> str:
@@ -206,8 +202,8 @@ def format_partial_table(graph: nx.DiGraph, columns: Columns = Columns()) -> str
     if failing is not None:
         body[-1] += "   <-- the error below"
     rule = "-" * max(len(line) for line in [head, *body])
-    title = (f"network {graph.graph.get('name', 'network')}: input "
-             f"{fmt(graph.graph.get('input_shape', ()))}, stopped at '{failing}' "
+    title = (f"network {graph.graph['name']}: input "
+             f"{fmt(graph.graph['input_shape'])}, stopped at '{failing}' "
              f"({_count(len(rows) - 2, 'layer')} checked before it)")
     return "\n".join([title, rule, head, rule, *body, rule])
 
