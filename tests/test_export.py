@@ -68,6 +68,13 @@ SMALL = {
                                 "-> ReLU } -> SeparableConv(3, 3) -> ReLU -> Conv(2, 1) -> "
                                 "ReLU")),
 }
+# and every layer kind's own examples (Op.examples), so a new kind is exported without
+# an entry here
+SMALL |= {
+    f"op_{name}_{i + 1}": example
+    for name in dict.fromkeys(OPS[key].name for key in user_op_names())
+    for i, example in enumerate(OPS[name].examples)
+}
 EXAMPLE_FILES = sorted(p.name for p in EXAMPLES.glob("*.cnn"))
 
 

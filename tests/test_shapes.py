@@ -92,10 +92,18 @@ def test_every_layer_kind_has_a_shape():
         "BatchNorm": ("BatchNorm", (8, 8, 4)), "Dropout": ("Dropout(0.1)", (8, 8, 4)),
         "Identity": ("Identity", (8, 8, 4)),
     }
-    canonical = sorted({OPS[name].name for name in user_op_names()})
-    assert sorted(cases) == canonical
+    assert set(cases) <= {OPS[name].name for name in user_op_names()}
     for layer, expected in cases.values():
         assert out_shape("8x8x4", layer) == expected, layer
+
+
+@pytest.mark.parametrize("name", sorted({OPS[key].name for key in user_op_names()}))
+def test_every_layer_kinds_examples_check(name):
+    """Each kind's own examples (Op.examples) check, and the layer is in the graph."""
+    assert OPS[name].examples, f"{name} has no examples"
+    for shape, chain in OPS[name].examples:
+        graph = check_text(f"input {shape}\n{chain}")
+        assert name in {node["op"] for _, node in graph.nodes(data=True)}, chain
 
 
 def test_fc_flattens_a_spatial_input():

@@ -175,6 +175,11 @@ class Op:
     family = "other"
     #: counted in a network's depth as papers quote it (conv and FC layers: VGG-16 = 16)
     weight_layer = False
+    #: small networks using the layer, as (input shape, chain) pairs such as
+    #: ("8x8x4", "Maxout(2)"): the shared tests run every kind's examples through shape
+    #: checking, float64 gradchecks of the whole model, and the ONNX and PyTorch exports,
+    #: so a new kind is covered there without editing any test table
+    examples: tuple[tuple[str, str], ...] = ()
 
     @staticmethod
     def shape(p, *in_shapes):
@@ -292,5 +297,14 @@ def fmt_size(value) -> str:
     return "x".join(str(v) for v in value) if isinstance(value, tuple) else str(value)
 
 
-# import every op module so that registration happens on `import cnndsl.ops`
-from cnndsl.ops import activations, conv, dense, normalization, pool, structure  # noqa: F401
+def _import_op_modules() -> None:
+    """Import every module of this package (in name order, so the registry's order is
+    fixed), so that registration happens on `import cnndsl.ops`: a new layer kind's module
+    needs no line anywhere else."""
+    import pkgutil
+
+    for module in sorted(pkgutil.iter_modules(__path__), key=lambda info: info.name):
+        import_module(f"{__name__}.{module.name}")
+
+
+_import_op_modules()

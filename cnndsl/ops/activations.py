@@ -45,6 +45,7 @@ class Elementwise(Op):
 @register
 class ReLU(Elementwise):
     name = "ReLU"
+    examples = (("5x5x3", "ReLU"),)
     onnx_op = "Relu"
     torch_module = "nn.ReLU()"
     #: what a preceding layer with `fusable_activations` may fold in (cnndsl.model)
@@ -70,6 +71,7 @@ class LeakyReLU(Elementwise):
     """y = x if x > 0 else alpha * x."""
 
     name = "LeakyReLU"
+    examples = (("5x5x3", "LeakyReLU(0.1)"),)
     Params = LeakyParams
 
     @staticmethod
@@ -100,6 +102,7 @@ class LeakyReLU(Elementwise):
 @register
 class Sigmoid(Elementwise):
     name = "Sigmoid"
+    examples = (("5x5x3", "Sigmoid"),)
     onnx_op = "Sigmoid"
     torch_module = "nn.Sigmoid()"
 
@@ -116,6 +119,7 @@ class Sigmoid(Elementwise):
 @register
 class Tanh(Elementwise):
     name = "Tanh"
+    examples = (("5x5x3", "Tanh"),)
     onnx_op = "Tanh"
     torch_module = "nn.Tanh()"
 
@@ -134,6 +138,7 @@ class Softmax(Elementwise):
     """Probabilities over the channel axis (training fuses it with cross-entropy)."""
 
     name = "Softmax"
+    examples = (("5x5x3", "Softmax"),)
 
     @staticmethod
     def forward(p, g, w, xs, ctx):
@@ -173,6 +178,7 @@ class Maxout(Op):
     Plain NumPy: a reshape and a max, no kernel of its own."""
 
     name = "Maxout"
+    examples = (("5x5x4", "Maxout(2)"),)
     Params = MaxoutParams
     family = "activation"
 

@@ -80,6 +80,7 @@ class Conv(Op):
     """Convolution. x: spatial x C -> y: spatial' x F (bare `Conv` = Conv(32, 3, pad=same))."""
 
     name = "Conv"
+    examples = (("7x7x3", "Conv(4, 3, stride=2, pad=same, dilation=1, groups=1)"),)
     explain_bare = True
     Params = ConvParams
     family = "conv"
@@ -192,6 +193,7 @@ class ConvT(Op):
     """
 
     name = "ConvT"
+    examples = (("4x4x3", "ConvT(4, 3, stride=2, pad=1, output_pad=1)"),)
     Params = ConvTParams
     family = "conv"
     weight_layer = True
@@ -305,6 +307,7 @@ class DepthwiseConv(Op):
     """
 
     name = "DepthwiseConv"
+    examples = (("7x7x3", "DepthwiseConv(3, stride=2, multiplier=2)"),)
     Params = DepthwiseParams
     family = "conv"
     weight_layer = True
@@ -398,6 +401,7 @@ class SeparableConv(Op):
     """
 
     name = "SeparableConv"
+    examples = (("6x6x3", "SeparableConv(4, 3)"),)
     Params = SeparableParams
     family = "conv"
     weight_layer = True
@@ -522,6 +526,7 @@ class LocalConv(Op):
     """
 
     name = "LocalConv"
+    examples = (("6x6x2", "LocalConv(3, 3, stride=1)"),)
     Params = LocalParams
     family = "conv"
     weight_layer = True

@@ -33,6 +33,7 @@ class Flatten(Op):
     """x: spatial x C -> y: (C*prod(spatial),) in PyTorch's (C, H, W) order."""
 
     name = "Flatten"
+    examples = (("3x4x2", "Flatten"),)
     family = "shape"
 
     @staticmethod
@@ -78,6 +79,7 @@ class FC(Op):
     """
 
     name = "FC"
+    examples = (("3x4x2", "FC(5)"),)
     explain_bare = True
     aliases = ("Dense",)
     Params = FCParams

@@ -24,6 +24,7 @@ class BatchNorm(Op):
     """
 
     name = "BatchNorm"
+    examples = (("5x5x3", "BatchNorm"),)
     Params = BatchNormParams
     family = "norm"
     pytorch_counters = ("num_batches_tracked",)
@@ -143,6 +144,7 @@ class Dropout(Op):
     """Zero each element with probability p in training (scaled by 1/(1-p)); identity otherwise."""
 
     name = "Dropout"
+    examples = (("5x5x3", "Dropout(0.3)"),)
     Params = DropoutParams
     family = "norm"
 

@@ -109,6 +109,7 @@ class MaxPool(WindowPool):
     """Maximum over the window; padding never wins. Saves the argmax for backward."""
 
     name = "MaxPool"
+    examples = (("7x7x3", "MaxPool(3, 2, pad=1)"),)
     onnx_op = "MaxPool"
     torch_kind = "MaxPool"
     torch_fill = "float('-inf')"  # padding never wins
@@ -133,6 +134,7 @@ class AvgPool(WindowPool):
     """Average over the window; zero padding counts in the divisor (PyTorch's default)."""
 
     name = "AvgPool"
+    examples = (("7x7x3", "AvgPool(3, 2, pad=1)"),)
     onnx_op = "AveragePool"
     onnx_attributes = (("count_include_pad", 1),)  # padded zeros count, as in PyTorch
     torch_kind = "AvgPool"
@@ -154,6 +156,7 @@ class L2Pool(WindowPool):
     """sqrt(sum of squares) over the window."""
 
     name = "L2Pool"
+    examples = (("6x6x3", "L2Pool(2)"),)
     onnx_op = "LpPool"
     onnx_attributes = (("p", 2),)
     torch_kind = "LPPool"
@@ -204,6 +207,7 @@ class GlobalPool(Op):
 @register
 class GlobalAvgPool(GlobalPool):
     name = "GlobalAvgPool"
+    examples = (("5x5x3", "GlobalAvgPool"),)
     onnx_op = "GlobalAveragePool"
     torch_kind = "Avg"
 
@@ -222,6 +226,7 @@ class GlobalAvgPool(GlobalPool):
 @register
 class GlobalMaxPool(GlobalPool):
     name = "GlobalMaxPool"
+    examples = (("5x5x3", "GlobalMaxPool"),)
     onnx_op = "GlobalMaxPool"
     torch_kind = "Max"
 

@@ -58,6 +58,7 @@ class Identity(Op):
     """y = x."""
 
     name = "Identity"
+    examples = (("5x5x3", "Identity"),)
     family = "shape"
 
     @staticmethod
