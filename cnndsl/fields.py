@@ -40,7 +40,7 @@ def annotate_node(graph: nx.DiGraph, name: str) -> None:
     window over its input (a conv or pool; not pointwise, not reading it whole)."""
     node = graph.nodes[name]
     node["memory"] = math.prod(node["shape"]) * ITEMSIZE
-    if node["op"] == "Input":
+    if OPS[node["op"]].is_input:
         rank = max(len(node["shape"]) - 1, 0)
         node["receptive_field"], node["jump"] = (1,) * rank, (1,) * rank
         node["padding"], node["depth"], node["windowed"] = (), 0, False

@@ -179,7 +179,7 @@ def diagram_svg(graph, rows: list[dict], collapse: bool) -> tuple[str, str]:
         copies[drawn] = copies.get(drawn, 0) + 1
     tooltips = {OUTPUT_NODE: f"output {shape_text(graph.nodes[graph.graph['output']]['shape'])}"}
     for name, node in graph.nodes(data=True):
-        if node["op"] == "Input":
+        if OPS[node["op"]].is_input:
             tooltips[name] = f"{name}: input {shape_text(node['shape'])}"
     for row in rows:
         if shown[row["name"]] == row["name"]:

@@ -439,7 +439,7 @@ def _assign_names(nodes) -> dict[int, str]:
     for node_id, attrs in nodes:
         if node_id in names:
             continue
-        if attrs["op"] == "Input":
+        if OPS[attrs["op"]].is_input:
             names[node_id] = "input"
             continue
         base = attrs["op"].lower()

@@ -76,7 +76,7 @@ class Model:
         self._arrays: dict[str, dict] = {}  # layer -> its parameters and buffers by local name
         init_rng = np.random.default_rng(seed)
         for name, node in graph.nodes(data=True):
-            if node["op"] == "Input":
+            if OPS[node["op"]].is_input:
                 self.input_name = name
                 continue
             op = OPS[node["op"]]
@@ -94,7 +94,7 @@ class Model:
                 self._consumers[source] += 1
         last = graph.nodes[self.output_name]
         # a network ending in Softmax is trained on the logits before it (fused loss)
-        self.logits_name = last["inputs"][0] if last["op"] == "Softmax" else self.output_name
+        self.logits_name = last["inputs"][0] if OPS[last["op"]].gives_probabilities else self.output_name
         self._small = sum(node.get("macs", 0) for _, node in graph.nodes(data=True)) \
             <= SMALL_NET_MACS
         self._runners = [_Runner(self, np.random.default_rng(seed))]

@@ -45,15 +45,7 @@ def shape_text(shape) -> str:
 
 def node_label(node: dict, rank: int = 0) -> str:
     """`Conv 32 3×3/2`: the op and its key arguments in short; sizes per spatial axis."""
-    op = OPS[node["op"]]
-    if node["op"] == "Input":
-        return f"input {shape_text(node['params'].shape)}"
-    if node["op"] == "Add":
-        return "+"
-    if node["op"] == "Concat":
-        return "concat"
-    args = op.describe(_per_axis(node["params"], rank)).replace(", ", " ")
-    return times(f"{node['op']} {args}".strip())
+    return times(OPS[node["op"]].diagram_label(_per_axis(node["params"], rank)))
 
 
 def _per_axis(params, rank: int):
@@ -176,15 +168,10 @@ def _emit_node(dot, name: str, node: dict, rank: int, tooltip: str) -> None:
     op = OPS[node["op"]]
     attrs = {"fillcolor": FAMILY_COLOURS.get(op.family, "#ffffff"),
              "tooltip": _escaped(tooltip)}
+    attrs.update(op.diagram_style)
     label = node_label(node, rank)
-    if node["op"] in ("Add", "Concat"):
-        attrs.update(shape="circle" if node["op"] == "Add" else "box", fontsize="12",
-                     width="0.3", style="filled")
-    elif node["op"] == "Input":
-        attrs.update(shape="box")
-    else:
-        shown_name = node["label"] or name
-        label = f"{label}\n{shown_name}"
+    if op.diagram_names_layer:
+        label = f"{label}\n{node['label'] or name}"
     if "error" in node:
         attrs.update(color=ERROR_RED, penwidth="2.5", fontcolor=ERROR_RED, fillcolor="#f4cccc")
     elif "shape" not in node:

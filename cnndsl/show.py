@@ -76,7 +76,7 @@ def check_unit(model, layer: str, channel: int) -> None:
     """Raise ShowError unless `layer` is a layer and `channel` one of its channels (the
     last axis; the unit of a flat output)."""
     graph = model.graph
-    if layer not in graph or graph.nodes[layer]["op"] == "Input":
+    if layer not in graph or OPS[graph.nodes[layer]["op"]].is_input:
         names = [name for name, _ in _layers(model)]
         raise ShowError(f"{model.name} has no layer '{layer}'",
                         hint=did_you_mean(layer, names)

@@ -29,7 +29,7 @@ def layer_rows(graph: nx.DiGraph) -> list[dict]:
     checked and, after a shape error, the failing one (with its `error`)."""
     rows = []
     for name, node in graph.nodes(data=True):
-        if node["op"] == "Input":
+        if OPS[node["op"]].is_input:
             continue
         if "error" in node:
             rows.append({"name": name, "op": node["op"], "error": node["error"]})
@@ -98,13 +98,7 @@ def error_json(error: CnnDslError) -> dict:
 
 def op_text(node: dict) -> str:
     """`Conv(32, 3x3/2)`: the op with its arguments as resolved (defaults shown)."""
-    args = OPS[node["op"]].describe(node["params"]) if node["op"] != "Input" else ""
-    name = node["op"] if node["op"] != "Input" else "Input"
-    if node["op"] == "Concat":
-        return "{ | } concat"
-    if node["op"] == "Add":
-        return "{ + } sum"
-    return f"{name}({args})" if args else name
+    return OPS[node["op"]].table_text(node["params"])
 
 
 @dataclasses.dataclass(frozen=True)

@@ -173,7 +173,7 @@ def module_source(model, weights_file: str = "weights.pt") -> str:
 def _final_softmax(all_layers: list[Layer], output_name: str) -> Layer | None:
     """The output layer if it is a Softmax (forward then stops at its input, the logits)."""
     last = next(layer for layer in all_layers if layer.name == output_name)
-    return last if last.op == "Softmax" else None
+    return last if last.kind.gives_probabilities else None
 
 
 def _shape(shape) -> str:

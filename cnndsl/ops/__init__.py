@@ -180,6 +180,14 @@ class Op:
     #: checking, float64 gradchecks of the whole model, and the ONNX and PyTorch exports,
     #: so a new kind is covered there without editing any test table
     examples: tuple[tuple[str, str], ...] = ()
+    #: the network's input (a graph source: nothing to compute, no parameters)
+    is_input = False
+    #: gives class probabilities: a network ending in it trains on its input, the logits
+    gives_probabilities = False
+    #: graphviz attributes of this kind's node beyond its family's fill colour
+    diagram_style: tuple[tuple[str, str], ...] = ()
+    #: the diagram names the layer (`conv1`) under its label
+    diagram_names_layer = True
 
     @staticmethod
     def shape(p, *in_shapes):
@@ -200,6 +208,17 @@ class Op:
     @staticmethod
     def describe(p) -> str:
         return ""
+
+    @classmethod
+    def diagram_label(cls, p) -> str:
+        """The diagram's label, `Conv 32 3x3/2`: the kind and its arguments in short."""
+        return f"{cls.name} {cls.describe(p).replace(', ', ' ')}".strip()
+
+    @classmethod
+    def table_text(cls, p) -> str:
+        """The tables' op column, `Conv(32, 3x3/2)`: arguments as resolved."""
+        args = cls.describe(p)
+        return f"{cls.name}({args})" if args else cls.name
 
     @staticmethod
     def window(p, in_shapes):

@@ -138,6 +138,7 @@ class Softmax(Elementwise):
     """Probabilities over the channel axis (training fuses it with cross-entropy)."""
 
     name = "Softmax"
+    gives_probabilities = True
     examples = (("5x5x3", "Softmax"),)
 
     @staticmethod

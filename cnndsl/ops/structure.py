@@ -25,6 +25,17 @@ class Input(Op):
     arity = 0
     user_callable = False
     family = "io"
+    is_input = True
+    diagram_style = (("shape", "box"),)
+    diagram_names_layer = False
+
+    @classmethod
+    def diagram_label(cls, p):
+        return f"input {fmt(p.shape)}"
+
+    @classmethod
+    def table_text(cls, p):
+        return "Input"
 
     @staticmethod
     def shape(p):
@@ -92,6 +103,17 @@ class Concat(Op):
     arity = None
     user_callable = False
     family = "merge"
+    diagram_style = (("shape", "box"), ("fontsize", "12"), ("width", "0.3"),
+                     ("style", "filled"))
+    diagram_names_layer = False
+
+    @classmethod
+    def diagram_label(cls, p):
+        return "concat"
+
+    @classmethod
+    def table_text(cls, p):
+        return "{ | } concat"
 
     @staticmethod
     def shape(p, *xs):
@@ -130,6 +152,17 @@ class Add(Op):
     arity = None
     user_callable = False
     family = "merge"
+    diagram_style = (("shape", "circle"), ("fontsize", "12"), ("width", "0.3"),
+                     ("style", "filled"))
+    diagram_names_layer = False
+
+    @classmethod
+    def diagram_label(cls, p):
+        return "+"
+
+    @classmethod
+    def table_text(cls, p):
+        return "{ + } sum"
 
     @staticmethod
     def shape(p, *xs):
