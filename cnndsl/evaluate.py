@@ -1,7 +1,9 @@
 """Evaluate argument expressions: integer arithmetic, sizes, tuples, names.
 
-Values are int, float, bool, a padding mode ('same' | 'valid' | 'full') or a tuple of
-ints. `true`, `false`, `same`, `valid` and `full` are reserved words, not bindings.
+Values are int, float, bool, a padding mode ('same' | 'valid' | 'full'), a word a layer
+argument chooses from (`mode=nearest`, `over=channels`) or a tuple of ints. `true`, `false`,
+`same`, `valid` and `full` are reserved words, not bindings; a choice word is a value only
+where no binding of that name is visible (a `let channels = 64` still binds).
 """
 
 from __future__ import annotations
@@ -47,14 +49,31 @@ class Env:
             return self.values[name.id]
         if name.id in RESERVED:
             return RESERVED[name.id]
+        if name.id in choice_words():
+            return name.id
         if name.id == CLASSES:
             raise UnboundClasses(f"unbound name '{CLASSES}' (the number of classes)",
                                  name.span, hint=CLASSES_HINT)
-        known = [*self.values, *RESERVED]
+        known = [*self.values, *RESERVED, *choice_words()]
         hint = did_you_mean(name.id, known) or (
             f"bind it with 'let {name.id} = ...' or on the command line with "
             f"--set {name.id}=...")
         raise BindingError(f"unbound name '{name.id}'", name.span, hint=hint)
+
+
+def choice_words() -> list[str]:
+    """The words layer arguments choose from (an argument kind with `choices`, such as
+    Upsample's mode=nearest|bilinear), in registry order, each once."""
+    import dataclasses
+
+    from cnndsl.ops import OPS
+
+    words: dict[str, None] = {}
+    for op in OPS.values():
+        if dataclasses.is_dataclass(op.Params):
+            for field in dataclasses.fields(op.Params):
+                words.update(dict.fromkeys(getattr(field.metadata.get("kind"), "choices", ())))
+    return list(words)
 
 
 def show(value) -> str:

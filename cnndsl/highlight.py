@@ -188,10 +188,11 @@ def layer_names() -> list[str]:
 
 
 def constant_names() -> list[str]:
-    """Reserved values: true false same valid full (cnndsl.evaluate.RESERVED)."""
-    from cnndsl.evaluate import RESERVED
+    """Reserved values (true false same valid full: cnndsl.evaluate.RESERVED) and the words
+    layer arguments choose from (nearest, bilinear, channels, all...)."""
+    from cnndsl.evaluate import RESERVED, choice_words
 
-    return list(RESERVED)
+    return [*RESERVED, *choice_words()]
 
 
 def name_style(value: str, before: str | None, after: str | None, words, constants,

@@ -79,7 +79,7 @@ def build_onnx(model, opset: int = 17):
     if not MIN_OPSET <= opset <= latest:
         raise ExportError(f"ONNX opset {opset} is not supported",
                           hint=f"use an opset from {MIN_OPSET} to {latest} (default 17)")
-    builder = _Builder(model)
+    builder = _Builder(model, opset)
     for layer in layers(model, with_input=True):  # the Input's hook makes "input" NC*
         inputs = [builder.values[i] for i in layer.inputs]
         builder.values[layer.name] = OPS[layer.op].onnx(builder, layer, inputs)
@@ -102,9 +102,11 @@ def build_onnx(model, opset: int = 17):
 
 
 class _Builder:
-    """Collects nodes and initializers; `values` maps IR node name -> tensor name."""
+    """Collects nodes and initializers; `values` maps IR node name -> tensor name;
+    `opset`: the ONNX opset being written (an emitter may choose its nodes by it)."""
 
-    def __init__(self, model):
+    def __init__(self, model, opset: int):
+        self.opset = opset
         self.nodes, self.initializers = [], []
         self.values: dict[str, str] = {}
         self.producers: dict[str, object] = {}
