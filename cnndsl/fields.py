@@ -53,7 +53,11 @@ def annotate_node(graph: nx.DiGraph, name: str) -> None:
     op = OPS[node["op"]]
     window = op.window(node["params"], in_shapes) if rank else None
     if window is not None and len(window.extent) == len(field):
-        field = tuple(r + (k - 1) * j for r, k, j in zip(field, window.extent, jump))
+        # whole input pixels: after a transposed conv (a jump of 1/2) a window may span a
+        # fraction of a pixel more, which still reads that pixel (an upper bound, exact
+        # without fractional jumps)
+        field = tuple(math.ceil(r + (k - 1) * j)
+                      for r, k, j in zip(field, window.extent, jump))
         jump = tuple(_exact(j * s) for j, s in zip(jump, window.stride))
         node["padding"] = window.padding
     else:
@@ -84,7 +88,7 @@ def training_bytes(graph: nx.DiGraph, batch: int) -> int:
     """Activation memory of a training step at `batch`, as torchinfo's "forward/backward
     pass size" counts it: every layer's output and its gradient (the input excluded)."""
     outputs = sum(node["memory"] for node in graph.nodes.values()
-                  if "memory" in node and node["op"] != "Input")
+                  if "memory" in node and not OPS[node["op"]].is_input)
     return 2 * outputs * batch
 
 

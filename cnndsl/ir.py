@@ -87,6 +87,33 @@ def build_ir(program: ast.Program, bindings: dict | None = None,
     return _Builder(program, dict(bindings or {}), text, dict(data or {})).build()
 
 
+def _keyword_value(op, layer: str, argument: ast.Arg, env: Env):
+    """A keyword argument's value. An unbound word given to an argument that chooses from
+    words (mode=bicubic) is refused with the choices, not as an unknown name."""
+    try:
+        return evaluate(argument.value, env)
+    except BindingError:
+        choices = _choices(op, argument.name)
+        if not choices or not isinstance(argument.value, ast.Name):
+            raise
+        raise ArgumentError(
+            f"{layer}: {argument.name} must be {', '.join(choices[:-1])} or {choices[-1]}, "
+            f"got {argument.value.id}", argument.value.span,
+            hint=f"write {argument.name}={choices[0]}") from None
+
+
+def _choices(op, argument: str) -> tuple[str, ...]:
+    """The words argument `argument` of `op` chooses from (empty: it takes no words)."""
+    import dataclasses
+
+    if not dataclasses.is_dataclass(op.Params):
+        return ()
+    for field in dataclasses.fields(op.Params):
+        if field.name == argument:
+            return tuple(getattr(field.metadata.get("kind"), "choices", ()))
+    return ()
+
+
 class _Builder:
     def __init__(self, program: ast.Program, overrides: dict, text: str | None,
                  data: dict | None = None):
@@ -349,7 +376,7 @@ class _Builder:
                 continue
             if a.name in keywords:
                 raise ArgumentError(f"{call.name}: argument '{a.name}' is given twice", a.span)
-            keywords[a.name] = (evaluate(a.value, env), a.span)
+            keywords[a.name] = (_keyword_value(op, call.name, a, env), a.span)
         seen_keyword = False
         for a in call.args:
             if a.name is not None:

@@ -95,6 +95,17 @@ def test_transposed_conv_has_a_fractional_jump():
     assert layers["convt2"]["jump"] == [0.5, 0.5]
 
 
+def test_a_window_after_a_fractional_jump_has_a_whole_field():
+    """Conv(1, 2) after a stride-2 ConvT spans 1 + 1/2 pixels of the ConvT's field: it reads
+    whole pixels, so the field rounds up (it was 5/2, which JSON could not hold)."""
+    graph = check("input 8x8x1\nConvT(1, 3, stride=2) -> Conv(1, 2) -> Upsample(2) -> "
+                  "Conv(1, 3)")
+    assert node(graph, "conv1")["receptive_field"] == (3, 3)  # ceil(2 + 1/2)
+    assert all(isinstance(r, int) for n in graph.nodes.values() for r in n["receptive_field"])
+    layers = {row["name"]: row for row in json.loads(_check_json(graph))["layers"]}
+    assert layers["conv1"]["receptive_field"] == [3, 3]
+
+
 def _check_json(graph) -> str:
     from cnndsl.summary import to_json
 
