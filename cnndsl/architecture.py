@@ -60,8 +60,12 @@ def first_difference(stored: list[dict], here: list[dict], there: str) -> str | 
         renamed = "" if new["name"] == name else f", where it is named {new['name']}"
         if old["op"] != new["op"]:
             return f"{name} is {old['op']} in {there} but {new['op']} here{renamed}"
+        defaults = _defaults(new["op"])
         for key in sorted(set(old["arguments"]) | set(new["arguments"])):
-            a, b = old["arguments"].get(key), new["arguments"].get(key)
+            # an argument the op gained since the file was written (Conv's flip) was
+            # its default then
+            a = old["arguments"].get(key, defaults.get(key))
+            b = new["arguments"].get(key, defaults.get(key))
             if a != b:
                 return (f"{name} ({old['op']}) has {key}={_show(a)} in {there} but "
                         f"{key}={_show(b)} here{renamed}")
@@ -91,6 +95,15 @@ def first_difference(stored: list[dict], here: list[dict], there: str) -> str | 
         return (f"{there} has {_layers(len(stored))}, this network {_layers(len(here))}; the "
                 f"first extra one is {extra['name']} ({extra['op']}) {where}")
     return None
+
+
+def _defaults(op: str) -> dict:
+    """An op's argument defaults, JSON-ready (arguments with no default left out)."""
+    params = OPS[op].Params if op in OPS else None
+    if params is None or not dataclasses.is_dataclass(params):
+        return {}
+    return {f.name: _plain(f.default) for f in dataclasses.fields(params)
+            if f.default is not dataclasses.MISSING}
 
 
 def _plain(value):

@@ -80,6 +80,9 @@ def show(value) -> str:
     """A value as the DSL spells it: true, 3x3, 0.5."""
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, tuple) and any(isinstance(v, tuple) for v in value):
+        return "(" + ", ".join(show(v) if not isinstance(v, tuple) else
+                               "(" + ", ".join(map(show, v)) + ")" for v in value) + ")"
     if isinstance(value, tuple):
         return "x".join(str(v) for v in value)
     if isinstance(value, float):
@@ -115,7 +118,7 @@ def _evaluate(expr: ast.Expr, env: Env):
     if isinstance(expr, ast.Name):
         return env.lookup(expr)
     if isinstance(expr, ast.TupleExpr):
-        return tuple(_number(evaluate(item, env), item, "a tuple entry") for item in expr.items)
+        return tuple(_entry(evaluate(item, env), item) for item in expr.items)
     if isinstance(expr, ast.Neg):
         return -_number(evaluate(expr.operand, env), expr.operand, "'-'")
     if isinstance(expr, ast.BinOp):
@@ -123,6 +126,14 @@ def _evaluate(expr: ast.Expr, env: Env):
         right = _number(evaluate(expr.right, env), expr.right, f"'{expr.op}'")
         return _arithmetic(expr, left, right)
     raise AssertionError(f"unknown expression {expr!r}")
+
+
+def _entry(value, expr):
+    """A tuple entry: a number, or a tuple of numbers (one level deep: the (before, after)
+    pairs of pad=((0, 1), (2, 2)))."""
+    if isinstance(value, tuple) and not any(isinstance(v, tuple) for v in value):
+        return value
+    return _number(value, expr, "a tuple entry")
 
 
 def _number(value, expr, what: str):

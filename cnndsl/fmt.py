@@ -481,7 +481,8 @@ class _Printer:
         if isinstance(node, ast.Name):
             return node.id, PRIMARY
         if isinstance(node, ast.TupleExpr):
-            return f"({', '.join(self.expr(item) for item in node.items)})", PRIMARY
+            items = [self.expr(item) for item in node.items]
+            return f"({', '.join(items)}{',' if len(items) == 1 else ''})", PRIMARY
         if isinstance(node, ast.Neg):
             return f"-{self.expr(node.operand, UNARY)}", UNARY
         if node.op == "^":  # right associative; its left side is a primary

@@ -26,7 +26,7 @@ def test_bare_layers_show_their_defaults(capsys):
     assert main(["check", str(EXAMPLES / "lecture.cnn")]) == 0
     out = capsys.readouterr().out
     assert ("note: bare Conv (first: conv1) means Conv(filters=32, kernel=3, stride=1, "
-            "pad=same, dilation=1, groups=1, bias=true)") in out
+            "pad=same, dilation=1, groups=1, bias=true, flip=false)") in out
     assert "note: bare FC (first: fc1) means FC(units=128, bias=true)" in out
 
 

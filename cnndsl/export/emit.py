@@ -40,6 +40,19 @@ def onnx_window(layer, dilation: bool = False) -> dict:
     return attributes
 
 
+def onnx_flipped(b, layer, weight: str) -> str:
+    """The conv weight tensor `weight` (F, C, *kernel) reversed on its kernel axes: a Slice
+    with step -1 (INT64_MIN ends: through index 0), so the initializer stays the weight as
+    cnndsl stores it."""
+    rank = layer.rank
+    name = f"{layer.name}/flip"
+    inputs = [weight, b.constant(f"{name}_starts", [-1] * rank),
+              b.constant(f"{name}_ends", [-(2**63)] * rank),
+              b.constant(f"{name}_axes", list(range(2, 2 + rank))),
+              b.constant(f"{name}_steps", [-1] * rank)]
+    return b.node("Slice", inputs, f"{layer.name}/weight_flipped")
+
+
 def onnx_single(b, layer, xs, onnx_op: str, **attributes) -> str:
     """One ONNX node of the inputs as they are, named after the layer."""
     return b.node(onnx_op, xs, layer.name, **attributes)
@@ -83,6 +96,19 @@ def padding(layer, fill: str | None = None) -> tuple[str | None, str]:
         pads += [b, a]
     value = f", value={fill}" if fill else ""
     return None, f"F.pad({{}}, [{', '.join(map(str, pads))}]{value})"
+
+
+def pad_call(layer, fill: str | None = None) -> str:
+    """A wrapper for the forward input padding it as the geometry says (F.pad's list, last
+    axis first), for a module that takes no padding; "{}" where nothing is padded."""
+    before, after = layer.per_rank("pad_before"), layer.per_rank("pad_after")
+    if not any(before) and not any(after):
+        return "{}"
+    pads = []
+    for b, a in zip(reversed(before), reversed(after)):
+        pads += [b, a]
+    value = f", value={fill}" if fill else ""
+    return f"F.pad({{}}, [{', '.join(map(str, pads))}]{value})"
 
 
 def symmetric_pads(layer) -> list[int]:

@@ -19,12 +19,19 @@ MAX_WHOLE = 2**31
 
 
 class ArgValueError(Exception):
-    """A value of the wrong kind; the IR builder adds the argument's span."""
+    """A value of the wrong kind; the IR builder adds the argument's span (and `hint`)."""
+
+    def __init__(self, message: str, hint: str | None = None):
+        super().__init__(message)
+        self.hint = hint
 
 
 def _describe(value) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, tuple) and any(isinstance(v, tuple) for v in value):
+        return "(" + ", ".join(_describe(v) if not isinstance(v, tuple) else
+                               "(" + ", ".join(map(_describe, v)) + ")" for v in value) + ")"
     if isinstance(value, tuple):
         return "x".join(str(v) for v in value)
     return str(value)
@@ -74,12 +81,17 @@ class Size(Kind):
 
 
 class Padding(Kind):
-    """same | valid | full, or zeros per side (one number or one per axis)."""
+    """same | valid | full, or zeros: one number for every side, one number per axis
+    (both sides of that axis), or per axis a (before, after) pair: ((0, 1), (2, 2)).
 
-    text = "same, valid, full, or a number of zeros per side"
+    A tuple with a tuple entry is read per axis with pairs, and may mix numbers in
+    ((1, (0, 1)): 1 on both sides of the first axis). `pairs=False` refuses pairs (a
+    ConvT's pad crops its output alike on both sides); `refuse_pairs` is then the hint."""
 
-    def __init__(self, modes=PAD_MODES):
-        self.modes = modes
+    def __init__(self, modes=PAD_MODES, pairs: bool = True, refuse_pairs: str = ""):
+        self.modes, self.pairs, self.refuse_pairs = modes, pairs, refuse_pairs
+        self.text = (f"{', '.join(modes)}, a number of zeros per side, one per axis"
+                     + (" or (before, after) pairs per axis" if pairs else ""))
 
     def convert(self, value, what):
         if isinstance(value, bool):
@@ -90,7 +102,28 @@ class Padding(Kind):
                 raise ArgValueError(f"{what} must be {', '.join(self.modes)} or a number, "
                                     f"got {value}")
             return value
+        if isinstance(value, tuple) and any(isinstance(v, tuple) for v in value):
+            return self._pairs(value, what)
         return Size(minimum=0).convert(value, what)
+
+    def _pairs(self, value: tuple, what: str) -> tuple:
+        """Per axis: a number of zeros (both sides) or a (before, after) pair."""
+        if not self.pairs:
+            raise ArgValueError(f"{what} takes no (before, after) pairs here",
+                                self.refuse_pairs or None)
+        entries = []
+        for entry in value:
+            if isinstance(entry, tuple):
+                if len(entry) != 2:
+                    raise ArgValueError(
+                        f"{what} entry ({', '.join(map(_describe, entry))}) has "
+                        f"{len(entry)} numbers; a pair is (before, after)",
+                        "one entry per spatial axis: a number of zeros on both sides, or "
+                        "(before, after), e.g. pad=((0, 1), (2, 2))")
+                entries.append(tuple(_whole(v, f"{what} (before, after)", 0) for v in entry))
+            else:
+                entries.append(_whole(entry, what, 0))
+        return tuple(entries)
 
 
 class Real(Kind):
@@ -164,7 +197,7 @@ def bind(params_class, positional: list, keywords: dict):
             try:
                 values[f.name] = f.metadata["kind"].convert(value, f.name)
             except ArgValueError as error:
-                raise BindError(str(error), span) from None
+                raise BindError(str(error), span, error.hint) from None
         elif f.default is dataclasses.MISSING:
             raise BindError(f"needs the argument '{f.name}' ({f.metadata['kind'].text})", None)
     return params_class(**values)

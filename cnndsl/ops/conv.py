@@ -16,6 +16,7 @@ from cnndsl.kernels import weight5d as _w5d
 from cnndsl.ops import Op, fmt_size, fmt_stride, kaiming_uniform, register, same_size, spatial
 from cnndsl.ops.args import Count, Flag, Padding, Size, arg
 from cnndsl.ops.padding import (
+    pad_text,
     per_axis,
     sliding_window,
     to3,
@@ -59,9 +60,47 @@ def _extras(p, **defaults) -> str:
     for name, default in defaults.items():
         value = getattr(p, name)
         if not same_size(value, default):
-            text = ("true" if value else "false") if isinstance(value, bool) else fmt_size(value)
+            if isinstance(value, bool):
+                text = "true" if value else "false"
+            else:  # pad: the DSL's spelling, (before, after) pairs included
+                text = pad_text(value) if name == "pad" else fmt_size(value)
             shown.append(f"{name}={text}")
     return (", " + ", ".join(shown)) if shown else ""
+
+
+def _flip(w, rank: int):
+    """A conv weight (F, C, *kernel) reversed on its `rank` kernel axes, C-contiguous:
+    `flip=true` convolves with it (true convolution = cross-correlation with the flipped
+    kernel), and the weight's gradient comes back through the same flip."""
+    import numpy as np
+
+    return np.ascontiguousarray(np.flip(w, axis=tuple(range(2, 2 + rank))))
+
+
+def _flip_grads(grads: dict, rank: int, flip: bool, name: str = "weight") -> dict:
+    """Gradients of the flipped weight -> of the weight as stored (flip is its own
+    inverse)."""
+    if flip:
+        grads[name] = _flip(grads[name], rank)
+    return grads
+
+
+def _onnx_weight(b, layer, name: str) -> str:
+    """The weight's initializer as cnndsl stores it, flipped in the graph (a Slice with
+    step -1 on the kernel axes) for a `flip=true` layer."""
+    from cnndsl.export.emit import onnx_flipped, onnx_weights
+
+    weight = onnx_weights(b, layer, name)[0]
+    return onnx_flipped(b, layer, weight) if layer.params.flip else weight
+
+
+def _torch_flipped_call(layer, xs, wrap: str) -> str:
+    """The forward expression of an nn.Conv{rank}d module with flip=true: F.conv with
+    the module's weight flipped on the kernel axes (the state_dict keeps it unflipped)."""
+    rank = layer.rank
+    dims = list(range(2, 2 + rank))
+    return (f"F.conv{rank}d({wrap.format(xs[0])}, SELF.weight.flip({dims}), SELF.bias, "
+            "SELF.stride, SELF.padding, SELF.dilation, SELF.groups)")
 
 
 @dataclass(frozen=True)
@@ -73,14 +112,25 @@ class ConvParams:
     dilation: int | tuple = arg(Size(), 1)
     groups: int = arg(Count(), 1)
     bias: bool = arg(Flag(), True)
+    #: true convolution: cross-correlation with the weight flipped on every kernel axis
+    flip: bool = arg(Flag(), False)
 
 
 @register
 class Conv(Op):
-    """Convolution. x: spatial x C -> y: spatial' x F (bare `Conv` = Conv(32, 3, pad=same))."""
+    """Convolution. x: spatial x C -> y: spatial' x F (bare `Conv` = Conv(32, 3, pad=same)).
+
+    Cross-correlation as in PyTorch; flip=true convolves with the kernel flipped (the weight
+    is stored unflipped)."""
 
     name = "Conv"
-    examples = (("7x7x3", "Conv(4, 3, stride=2, pad=same, dilation=1, groups=1)"),)
+    examples = (("7x7x3", "Conv(4, 3, stride=2, pad=same, dilation=1, groups=1)"),
+                ("7x6x3", ("Conv(4, 3, pad=((0, 1), (2, 0))) -> Conv(2, 2x3, stride=2, "
+                          "pad=(1, (0, 2)))")),
+                ("6x5x2", ("Conv(3, 3x2, pad=((1, 0), (0, 1)), flip=true) -> "
+                          "Conv(2, 2, stride=2, dilation=1, groups=1, bias=false, flip=true)")),
+                ("9x2", "Conv(3, 4, stride=2, pad=((2, 1),), flip=true)"),
+                ("4x5x4x2", "Conv(2, 3, pad=((0, 2), 1, (1, 0)), groups=2, flip=true)"))
     explain_bare = True
     Params = ConvParams
     family = "conv"
@@ -127,36 +177,42 @@ class Conv(Op):
         # work the backward may reuse (training only): buffers in this runner's work area
         # for the layer, kept across steps
         keep = ctx.work if ctx.train else None
+        weight = _flip(w["weight"], x.ndim - 2) if p.flip else w["weight"]
         y = _from5d(ctx.kernels("conv").conv_forward(
-            _as5d(x), _w5d(w["weight"]), w.get("bias"), g["stride"], g["dilation"],
+            _as5d(x), _w5d(weight), w.get("bias"), g["stride"], g["dilation"],
             g["pad_before"], g["pad_after"], p.groups, relu=relu, keep=keep), x)
         return y, (x, y if relu else None, keep)
 
     @staticmethod
     def backward(p, g, w, saved, dy, ctx):
         x, y, keep = saved
+        rank = x.ndim - 2
+        weight = _flip(w["weight"], rank) if p.flip else w["weight"]
         dx, dw, db = ctx.kernels("conv").conv_backward(
-            _as5d(x), _w5d(w["weight"]), _as5d(dy), g["stride"], g["dilation"],
+            _as5d(x), _w5d(weight), _as5d(dy), g["stride"], g["dilation"],
             g["pad_before"], g["pad_after"], p.groups, need_dx=ctx.need_dx,
             y=None if y is None else _as5d(y), keep=keep)
-        return [_maybe_from5d(dx, x)], _grads(w, dw, db, p.bias)
+        return [_maybe_from5d(dx, x)], _flip_grads(_grads(w, dw, db, p.bias), rank, p.flip)
 
     @staticmethod
     def describe(p):
         return f"{p.filters}, {_window_text(p)}" + _extras(
-            p, pad="same", dilation=1, groups=1, bias=True)
+            p, pad="same", dilation=1, groups=1, bias=True, flip=False)
 
     @classmethod
     def onnx(cls, b, layer, xs):
-        """Conv; pads = before + after, so 'same' may be asymmetric."""
+        """Conv; pads = before + after, so 'same' and pairs may be asymmetric; flip=true
+        flips the weight in the graph."""
         from cnndsl.export.emit import onnx_weights, onnx_window
 
-        return b.node("Conv", [xs[0], *onnx_weights(b, layer, "weight", "bias")], layer.name,
+        weights = [_onnx_weight(b, layer, "weight"), *onnx_weights(b, layer, "bias")]
+        return b.node("Conv", [xs[0], *weights], layer.name,
                       group=layer.params.groups, **onnx_window(layer, dilation=True))
 
     @classmethod
     def pytorch(cls, layer, xs):
-        """nn.Conv{rank}d; asymmetric padding as an F.pad before it."""
+        """nn.Conv{rank}d; asymmetric padding as an F.pad before it; flip=true as F.conv
+        with the module's weight flipped."""
         from cnndsl.export.emit import call, padding, size
 
         p, rank, channels = layer.params, layer.rank, layer.in_shapes[0][-1]
@@ -172,7 +228,10 @@ class Conv(Op):
             args.append(f"groups={p.groups}")
         if not p.bias:
             args.append("bias=False")
-        return f"nn.Conv{rank}d({', '.join(args)})", call(layer, xs, wrap)
+        module = f"nn.Conv{rank}d({', '.join(args)})"
+        if p.flip:
+            return module, _torch_flipped_call(layer, xs, wrap)
+        return module, call(layer, xs, wrap)
 
 
 @dataclass(frozen=True)
@@ -180,7 +239,10 @@ class ConvTParams:
     filters: int = arg(Count())
     kernel: int | tuple = arg(Size())
     stride: int | tuple = arg(Size(), 1)
-    pad: int | tuple = arg(Padding(modes=("valid",)), 0)
+    pad: int | tuple = arg(Padding(modes=("valid",), pairs=False, refuse_pairs=(
+        "a ConvT's pad crops its output, the same on both sides (PyTorch's "
+        "ConvTranspose padding): give one number, or one per axis such as (1, 0); "
+        "output_pad adds one row after")), 0)
     output_pad: int | tuple = arg(Size(minimum=0), 0)
     bias: bool = arg(Flag(), True)
 
@@ -297,6 +359,8 @@ class DepthwiseParams:
     pad: str | int | tuple = arg(Padding(), "same")
     multiplier: int = arg(Count(), 1)
     bias: bool = arg(Flag(), True)
+    #: true convolution: each channel's kernel flipped on every axis (stored unflipped)
+    flip: bool = arg(Flag(), False)
 
 
 @register
@@ -307,7 +371,9 @@ class DepthwiseConv(Op):
     """
 
     name = "DepthwiseConv"
-    examples = (("7x7x3", "DepthwiseConv(3, stride=2, multiplier=2)"),)
+    examples = (("7x7x3", "DepthwiseConv(3, stride=2, multiplier=2)"),
+                ("7x6x2", "DepthwiseConv(3x2, pad=((2, 0), (0, 1)), multiplier=2, flip=true)"),
+                ("8x2", "DepthwiseConv(3, stride=2, pad=((0, 2),))"))
     Params = DepthwiseParams
     family = "conv"
     weight_layer = True
@@ -342,32 +408,36 @@ class DepthwiseConv(Op):
     @staticmethod
     def forward(p, g, w, xs, ctx):
         x = xs[0]
-        y = ctx.kernels("conv").depthwise_forward(_as5d(x), _w5d(w["weight"]), w.get("bias"),
+        weight = _flip(w["weight"], x.ndim - 2) if p.flip else w["weight"]
+        y = ctx.kernels("conv").depthwise_forward(_as5d(x), _w5d(weight), w.get("bias"),
                                                   g["stride"], g["pad_before"], g["pad_after"])
         return _from5d(y, x), x
 
     @staticmethod
     def backward(p, g, w, x, dy, ctx):
+        rank = x.ndim - 2
+        weight = _flip(w["weight"], rank) if p.flip else w["weight"]
         dx, dw, db = ctx.kernels("conv").depthwise_backward(
-            _as5d(x), _w5d(w["weight"]), _as5d(dy), g["stride"], g["pad_before"],
+            _as5d(x), _w5d(weight), _as5d(dy), g["stride"], g["pad_before"],
             g["pad_after"], need_dx=ctx.need_dx)
-        return [_maybe_from5d(dx, x)], _grads(w, dw, db, p.bias)
+        return [_maybe_from5d(dx, x)], _flip_grads(_grads(w, dw, db, p.bias), rank, p.flip)
 
     @staticmethod
     def describe(p):
-        return _window_text(p) + _extras(p, pad="same", multiplier=1, bias=True)
+        return _window_text(p) + _extras(p, pad="same", multiplier=1, bias=True, flip=False)
 
     @classmethod
     def onnx(cls, b, layer, xs):
-        """Conv with group = C."""
+        """Conv with group = C (the weight flipped in the graph for flip=true)."""
         from cnndsl.export.emit import onnx_weights, onnx_window
 
-        return b.node("Conv", [xs[0], *onnx_weights(b, layer, "weight", "bias")], layer.name,
+        weights = [_onnx_weight(b, layer, "weight"), *onnx_weights(b, layer, "bias")]
+        return b.node("Conv", [xs[0], *weights], layer.name,
                       group=layer.in_shapes[0][-1], **onnx_window(layer))
 
     @classmethod
     def pytorch(cls, layer, xs):
-        """nn.Conv{rank}d with groups = C."""
+        """nn.Conv{rank}d with groups = C (F.conv with the weight flipped for flip=true)."""
         from cnndsl.export.emit import call, padding, size
 
         rank, channels = layer.rank, layer.in_shapes[0][-1]
@@ -381,7 +451,10 @@ class DepthwiseConv(Op):
         args.append(f"groups={channels}")
         if not layer.params.bias:
             args.append("bias=False")
-        return f"nn.Conv{rank}d({', '.join(args)})", call(layer, xs, wrap)
+        module = f"nn.Conv{rank}d({', '.join(args)})"
+        if layer.params.flip:
+            return module, _torch_flipped_call(layer, xs, wrap)
+        return module, call(layer, xs, wrap)
 
 
 @dataclass(frozen=True)
@@ -401,7 +474,8 @@ class SeparableConv(Op):
     """
 
     name = "SeparableConv"
-    examples = (("6x6x3", "SeparableConv(4, 3)"),)
+    examples = (("6x6x3", "SeparableConv(4, 3)"),
+                ("6x5x2", "SeparableConv(3, 3, stride=2, pad=((0, 1), (1, 1)))"))
     Params = SeparableParams
     family = "conv"
     weight_layer = True
@@ -514,19 +588,49 @@ class LocalParams:
     filters: int = arg(Count())
     kernel: int | tuple = arg(Size())
     stride: int | tuple = arg(Size(), 1)
+    pad: str | int | tuple = arg(Padding(), "valid")
     bias: bool = arg(Flag(), True)
+
+
+def _pad5(x5, before, after):
+    """x: N×D×H×W×C with zeros added before/after on D, H, W ((D, H, W) int triples);
+    x itself when there is nothing to add."""
+    if not any(before) and not any(after):
+        return x5
+    import numpy as np
+
+    return np.pad(x5, ((0, 0), *zip(before, after), (0, 0)))
+
+
+def _local_pads(g) -> tuple:
+    """A LocalConv geometry's (pad_before, pad_after) triples (absent: no padding)."""
+    return g.get("pad_before", (0, 0, 0)), g.get("pad_after", (0, 0, 0))
+
+
+def _crop5(dx5, before, after):
+    """The adjoint of `_pad5`: the gradient of the unpadded input (C-contiguous)."""
+    if dx5 is None or (not any(before) and not any(after)):
+        return dx5
+    import numpy as np
+
+    d, h, w = (slice(b, n - a) for b, a, n in zip(before, after, dx5.shape[1:4]))
+    return np.ascontiguousarray(dx5[:, d, h, w, :])
 
 
 @register
 class LocalConv(Op):
-    """Locally connected: a conv whose weights are not shared across positions (valid).
+    """Locally connected: a conv whose weights are not shared across positions (valid by
+    default; `pad` as Conv's adds zeros first).
 
     Weight (*out_spatial, F, C, *kernel): one conv weight per output position;
     bias (F, *out_spatial).
     """
 
     name = "LocalConv"
-    examples = (("6x6x2", "LocalConv(3, 3, stride=1)"),)
+    examples = (("6x6x2", "LocalConv(3, 3, stride=1)"),
+                ("5x6x2", ("LocalConv(3, 3, stride=2, pad=((0, 1), (1, 0))) -> "
+                          "LocalConv(2, 2, pad=same, bias=false)")),
+                ("7x2", "LocalConv(2, 3, stride=2, pad=1)"))
     Params = LocalParams
     family = "conv"
     weight_layer = True
@@ -534,7 +638,7 @@ class LocalConv(Op):
     @staticmethod
     def shape(p, x):
         sizes, _ = spatial(x, "LocalConv")
-        out = window_output("kernel", sizes, p.kernel, p.stride, 1, "valid")
+        out = window_output("kernel", sizes, p.kernel, p.stride, 1, p.pad)
         return (*out, p.filters)
 
     @staticmethod
@@ -554,7 +658,7 @@ class LocalConv(Op):
 
     @staticmethod
     def window(p, in_shapes):
-        return sliding_window(in_shapes[0][:-1], p.kernel, p.stride, 1, "valid")
+        return sliding_window(in_shapes[0][:-1], p.kernel, p.stride, 1, p.pad)
 
     @staticmethod
     def geometry(p, in_shapes):
@@ -562,9 +666,15 @@ class LocalConv(Op):
         rank = len(sizes)
         out = LocalConv.shape(p, in_shapes[0])[:-1]
         kernel = per_axis(p.kernel, rank, "kernel")
-        return {"stride": to3(per_axis(p.stride, rank, "stride"), 1),
-                "w5": (*to3(out, 1), p.filters, channels, *to3(kernel, 1)),
-                "b5": (p.filters, *to3(out, 1))}
+        window = window3(sizes, p.kernel, p.stride, 1, p.pad)
+        geometry = {"stride": to3(per_axis(p.stride, rank, "stride"), 1),
+                    "w5": (*to3(out, 1), p.filters, channels, *to3(kernel, 1)),
+                    "b5": (p.filters, *to3(out, 1))}
+        # padding only where there is some: an unpadded layer's geometry stays as it was
+        # before LocalConv took `pad`, so weights files saved then still load
+        if any(window["pad_before"]) or any(window["pad_after"]):
+            geometry |= {"pad_before": window["pad_before"], "pad_after": window["pad_after"]}
+        return geometry
 
     @staticmethod
     def init(p, x, rng):
@@ -576,20 +686,23 @@ class LocalConv(Op):
     def forward(p, g, w, xs, ctx):
         x = xs[0]
         bias = w["bias"].reshape(g["b5"]) if p.bias else None
-        y = ctx.kernels("conv").local_forward(_as5d(x), w["weight"].reshape(g["w5"]), bias,
+        padded = _pad5(_as5d(x), *_local_pads(g))
+        y = ctx.kernels("conv").local_forward(padded, w["weight"].reshape(g["w5"]), bias,
                                               g["stride"])
-        return _from5d(y, x), x
+        return _from5d(y, x), (x, padded)
 
     @staticmethod
-    def backward(p, g, w, x, dy, ctx):
+    def backward(p, g, w, saved, dy, ctx):
+        x, padded = saved
         dx, dw, db = ctx.kernels("conv").local_backward(
-            _as5d(x), w["weight"].reshape(g["w5"]), _as5d(dy), g["stride"],
+            padded, w["weight"].reshape(g["w5"]), _as5d(dy), g["stride"],
             need_dx=ctx.need_dx)
+        dx = _crop5(dx, *_local_pads(g))
         return [_maybe_from5d(dx, x)], _grads(w, dw, db, p.bias)
 
     @staticmethod
     def describe(p):
-        return f"{p.filters}, {_window_text(p)}" + _extras(p, bias=True)
+        return f"{p.filters}, {_window_text(p)}" + _extras(p, pad="valid", bias=True)
 
     @classmethod
     def onnx(cls, b, layer, xs):
@@ -611,8 +724,12 @@ class LocalConv(Op):
             for t in range(taps):
                 onehot[(c * taps + t, 0, *np.unravel_index(t, kernel))] = 1.0
         gather = b.weight(b.fresh(f"{layer.name}/patch_kernel"), onehot)
+        pads = {}
+        if "pad_before" in layer.geometry:
+            pads["pads"] = [*layer.per_rank("pad_before"), *layer.per_rank("pad_after")]
         patches = b.node("Conv", [xs[0], gather], f"{layer.name}/patches", group=channels,
-                         kernel_shape=list(kernel), strides=list(layer.per_rank("stride")))
+                         kernel_shape=list(kernel), strides=list(layer.per_rank("stride")),
+                         **pads)
         flat = b.node("Reshape", [patches, b.constant(f"{layer.name}/patches_shape",
                                                       [0, channels * taps, positions])],
                       f"{layer.name}/patches_flat")
@@ -628,8 +745,8 @@ class LocalConv(Op):
 
     @classmethod
     def pytorch(cls, layer, xs):
-        """The LocalConv helper module (`pytorch_class`)."""
-        from cnndsl.export.emit import call
+        """The LocalConv helper module (`pytorch_class`), after an F.pad where padded."""
+        from cnndsl.export.emit import call, pad_call
 
         w = layer.weights["weight"]
         rank = layer.rank
@@ -638,7 +755,8 @@ class LocalConv(Op):
                 f"stride={tuple(layer.per_rank('stride'))}", f"out_size={tuple(w.shape[:rank])}"]
         if not layer.params.bias:
             args.append("bias=False")
-        return f"LocalConv({', '.join(args)})", call(layer, xs)
+        wrap = pad_call(layer) if "pad_before" in layer.geometry else "{}"
+        return f"LocalConv({', '.join(args)})", call(layer, xs, wrap)
 
     pytorch_class = '''class LocalConv(nn.Module):
     """Locally connected layer: a valid conv with one weight per output position

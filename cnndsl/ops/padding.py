@@ -46,11 +46,68 @@ def fmt(sizes) -> str:
     return "x".join(str(s) for s in sizes)
 
 
+def has_pairs(pad) -> bool:
+    """Whether `pad` gives (before, after) pairs: a tuple with a tuple entry."""
+    return isinstance(pad, tuple) and any(isinstance(entry, tuple) for entry in pad)
+
+
+def pad_text(pad) -> str:
+    """`pad` as the DSL spells it, pairs without spaces (tables, diagrams and messages
+    split arguments at ", "): same, 1, 1x0, ((0,1),(2,2)), (1,(0,2)), ((0,1),)."""
+    if isinstance(pad, str):
+        return pad
+    if not isinstance(pad, tuple):
+        return str(pad)
+    if not has_pairs(pad):
+        return fmt(pad)
+    entries = [f"({entry[0]},{entry[1]})" if isinstance(entry, tuple) else str(entry)
+               for entry in pad]
+    return "(" + ",".join(entries) + ("," if len(entries) == 1 else "") + ")"
+
+
+def _sides(entry) -> tuple[int, int]:
+    """One axis' pad entry (a number: both sides alike, or a pair) -> (before, after)."""
+    return tuple(entry) if isinstance(entry, tuple) else (entry, entry)
+
+
+def _pairs_example(rank: int) -> str:
+    """((0, 1), (0, 1)) for 2 axes, ((0, 1),) for 1: the spelling a hint shows."""
+    return "(" + ", ".join(["(0, 1)"] * rank) + ("," if rank == 1 else "") + ")"
+
+
+def pad_per_axis(pad, rank: int) -> tuple:
+    """A numeric `pad` with one entry per spatial axis (a number, or a (before, after)
+    pair); a number means that many zeros on both sides of every axis. A tuple of the
+    wrong length is a ShapeMismatch whose hint spells the right form for `rank` axes."""
+    if not isinstance(pad, tuple):
+        return (pad,) * rank
+    if len(pad) == rank:
+        return pad
+    axes = "axis" if rank == 1 else "axes"
+    if has_pairs(pad):
+        hint = (f"give one (before, after) pair per spatial axis, e.g. "
+                f"pad={_pairs_example(rank)}")
+    elif len(pad) == 2 and rank == 1:
+        hint = (f"a tuple gives one number per axis; for {pad[0]} zeros before and "
+                f"{pad[1]} after a 1-D input, write pad=(({pad[0]}, {pad[1]}),)")
+    else:
+        hint = (f"give one number, {rank} numbers such as {'x'.join(['1'] * rank)}, or one "
+                f"(before, after) pair per axis such as pad={_pairs_example(rank)}")
+    given = "axis" if len(pad) == 1 else "axes"
+    raise ShapeMismatch(f"pad {pad_text(pad)} has {len(pad)} {given} but the input has "
+                        f"{rank} spatial {axes}", hint=hint)
+
+
+def pad_sides(pad, rank: int) -> tuple[tuple[int, int], ...]:
+    """A numeric `pad` (number, per axis, or pairs) as (before, after) per axis."""
+    return tuple(_sides(entry) for entry in pad_per_axis(pad, rank))
+
+
 def resolve(in_sizes, kernel, stride, dilation, pad):
     """Per axis (out, pad_before, pad_after) for a sliding window; floor mode.
 
     pad: 'same' (out = ceil(in/stride), extra zero after), 'valid', 'full' (d*(k-1) each
-    side) or a tuple of zeros per side.
+    side) or a tuple with one entry per axis: zeros on both sides, or a (before, after) pair.
     """
     result = []
     for axis, (n, k, s, d) in enumerate(zip(in_sizes, kernel, stride, dilation)):
@@ -64,7 +121,7 @@ def resolve(in_sizes, kernel, stride, dilation, pad):
         elif pad == "full":
             before = after = d * (k - 1)
         else:
-            before = after = pad[axis]
+            before, after = _sides(pad[axis])
         if n + before + after < extent:
             return None
         out = (n + before + after - extent) // s + 1
@@ -78,18 +135,18 @@ def window_output(op_what: str, in_sizes, kernel, stride, dilation, pad):
     kernel = per_axis(kernel, rank, "kernel")
     stride = per_axis(stride, rank, "stride")
     dilation = per_axis(dilation, rank, "dilation")
-    pad_text = pad if isinstance(pad, str) else fmt(pad) if isinstance(pad, tuple) else str(pad)
+    written = pad_text(pad)
     if not isinstance(pad, str):
-        pad = per_axis(pad, rank, "pad")
+        pad = pad_per_axis(pad, rank)
     resolved = resolve(in_sizes, kernel, stride, dilation, pad)
     if resolved is None:
         extent = [d * (k - 1) + 1 for k, d in zip(kernel, dilation)]
-        padded = [n + (2 * p if isinstance(pad, tuple) else 0) for n, p in
-                  zip(in_sizes, pad if isinstance(pad, tuple) else [0] * rank)]
+        sides = pad_sides(pad, rank) if isinstance(pad, tuple) else [(0, 0)] * rank
+        padded = [n + before + after for n, (before, after) in zip(in_sizes, sides)]
         dilated = "" if all(d == 1 for d in dilation) else f" (dilated to {fmt(extent)})"
         raise ShapeMismatch(
             f"{op_what} {fmt(kernel)}{dilated} is larger than its padded input "
-            f"{fmt(padded)} (pad={pad_text})",
+            f"{fmt(padded)} (pad={written})",
             hint="use pad=same, a smaller window, or less downsampling before this layer")
     return tuple(out for out, _, _ in resolved)
 
@@ -107,7 +164,7 @@ def _per_axis_window(in_sizes, kernel, stride, dilation, pad) -> tuple:
     stride = per_axis(stride, rank, "stride")
     dilation = per_axis(dilation, rank, "dilation")
     if not isinstance(pad, str):
-        pad = per_axis(pad, rank, "pad")
+        pad = pad_per_axis(pad, rank)
     return kernel, stride, dilation, resolve(in_sizes, kernel, stride, dilation, pad)
 
 

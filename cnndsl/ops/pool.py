@@ -11,6 +11,8 @@ from cnndsl.ops import Op, fmt_size, fmt_stride, register, same_size, spatial
 from cnndsl.ops.args import Padding, Size, arg
 from cnndsl.ops.padding import (
     Window,
+    pad_per_axis,
+    pad_text,
     per_axis,
     resolve,
     sliding_window,
@@ -49,18 +51,19 @@ class WindowPool(Op):
     @staticmethod
     def _check_padding(p, sizes, stride) -> None:
         """The one padding rule of pooling, for every form of `pad` (valid, same, full, a
-        number, per axis): at most size // 2 on each side of each axis, as PyTorch and ONNX
-        require — wider padding would give windows of padding alone. Checked on the
-        padding as resolved, so `pad=full` on a 3-wide window (2 per side) is refused."""
+        number, per axis, (before, after) pairs): at most size // 2 on each side of each
+        axis, as PyTorch and ONNX require — wider padding would give windows of padding
+        alone. Checked on the padding as resolved, so `pad=full` on a 3-wide window (2 per
+        side) is refused, and each side of a pair on its own."""
         rank = len(sizes)
         window = per_axis(p.size, rank, "size")
-        pad = p.pad if isinstance(p.pad, str) else per_axis(p.pad, rank, "pad")
+        pad = p.pad if isinstance(p.pad, str) else pad_per_axis(p.pad, rank)
         resolved = resolve(sizes, window, per_axis(stride, rank, "stride"), (1,) * rank, pad)
         if resolved is None:
             return  # the window does not fit: window_output says so
         for (_, before, after), k in zip(resolved, window):
             if max(before, after) > k // 2:
-                written = p.pad if isinstance(p.pad, str) else fmt_size(p.pad)
+                written = pad_text(p.pad)
                 sides = f"{before} per side" if before == after else f"{before}+{after}"
                 raise ShapeMismatch(
                     f"pad={written} pads {sides} on a {k}-wide window; pooling may pad at "
@@ -100,7 +103,7 @@ class WindowPool(Op):
         if p.stride is not None and not same_size(p.stride, p.size):
             text += f"/{fmt_stride(p.stride)}"
         if not same_size(p.pad, 0):
-            text += f", pad={fmt_size(p.pad)}"
+            text += f", pad={pad_text(p.pad)}"
         return text
 
 
@@ -109,7 +112,9 @@ class MaxPool(WindowPool):
     """Maximum over the window; padding never wins. Saves the argmax for backward."""
 
     name = "MaxPool"
-    examples = (("7x7x3", "MaxPool(3, 2, pad=1)"),)
+    examples = (("7x7x3", "MaxPool(3, 2, pad=1)"),
+                ("6x7x3", "MaxPool(2, pad=((0, 1), (1, 0))) -> MaxPool(3, 1, pad=(1, (0, 1)))"),
+                ("7x2", "MaxPool(3, 2, pad=((0, 1),))"))
     onnx_op = "MaxPool"
     torch_kind = "MaxPool"
     torch_fill = "float('-inf')"  # padding never wins
@@ -134,7 +139,8 @@ class AvgPool(WindowPool):
     """Average over the window; zero padding counts in the divisor (PyTorch's default)."""
 
     name = "AvgPool"
-    examples = (("7x7x3", "AvgPool(3, 2, pad=1)"),)
+    examples = (("7x7x3", "AvgPool(3, 2, pad=1)"),
+                ("5x6x4x2", "AvgPool(3, 2, pad=((1, 0), (0, 1), 1))"))
     onnx_op = "AveragePool"
     onnx_attributes = (("count_include_pad", 1),)  # padded zeros count, as in PyTorch
     torch_kind = "AvgPool"
@@ -156,7 +162,8 @@ class L2Pool(WindowPool):
     """sqrt(sum of squares) over the window."""
 
     name = "L2Pool"
-    examples = (("6x6x3", "L2Pool(2)"),)
+    examples = (("6x6x3", "L2Pool(2)"),
+                ("7x6x3", "L2Pool(3, 2, pad=((1, 1), (0, 1)))"))
     onnx_op = "LpPool"
     onnx_attributes = (("p", 2),)
     torch_kind = "LPPool"
