@@ -156,6 +156,24 @@ class Flag(Kind):
         return value
 
 
+class Choice(Kind):
+    """One word of a few (Upsample's mode=nearest|bilinear, LayerNorm's over=channels|all):
+    the front end reads such a word as a value where no binding of that name is visible
+    (cnndsl.evaluate.choice_words)."""
+
+    def __init__(self, *choices: str):
+        self.choices = choices
+        self.text = f"{', '.join(choices[:-1])} or {choices[-1]}" if len(choices) > 1 \
+            else choices[0]
+
+    def convert(self, value, what):
+        if not isinstance(value, str) or value not in self.choices:
+            from cnndsl.evaluate import show
+
+            raise ArgValueError(f"{what} must be {self.text}, got {show(value)}")
+        return value
+
+
 def arg(kind: Kind, default=dataclasses.MISSING):
     """Declare a Params field: its DSL kind and default (no default = required)."""
     return field(default=default, metadata={"kind": kind})

@@ -11,7 +11,7 @@ import numpy as np
 
 from cnndsl.errors import ShapeMismatch
 from cnndsl.ops import Op, register
-from cnndsl.ops.args import ArgValueError, Count, Kind, Real, arg
+from cnndsl.ops.args import Choice, Count, Real, arg
 from cnndsl.ops.padding import Window
 
 #: a bound for LRN's alpha, beta and k: far beyond any published use, finite for the checks
@@ -166,21 +166,6 @@ def _scalar(b, name: str, value: float) -> str:
 
 
 # ---- LayerNorm ----------------------------------------------------------------------------
-class Choice(Kind):
-    """One of a few words (LayerNorm's over=channels|all)."""
-
-    def __init__(self, *choices: str):
-        self.choices = choices
-        self.text = " or ".join(choices)
-
-    def convert(self, value, what):
-        if isinstance(value, str) and value in self.choices:
-            return value
-        shown = "true" if value is True else "false" if value is False else value
-        raise ArgValueError(f"{what} must be {', '.join(self.choices[:-1])} or "
-                            f"{self.choices[-1]}, got {shown}")
-
-
 OVER = ("channels", "all")
 
 

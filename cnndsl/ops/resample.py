@@ -18,25 +18,10 @@ from fractions import Fraction
 import numpy as np
 
 from cnndsl.ops import Op, fmt_size, fmt_stride, register, spatial
-from cnndsl.ops.args import ArgValueError, Kind, Size, arg
+from cnndsl.ops.args import Choice, Size, arg
 from cnndsl.ops.padding import Window, per_axis
 
 UPSAMPLE_MODES = ("nearest", "bilinear")
-
-
-class Choice(Kind):
-    """One of a few words (mode=nearest)."""
-
-    def __init__(self, choices: tuple[str, ...]):
-        self.choices = choices
-        self.text = " or ".join(choices)
-
-    def convert(self, value, what):
-        if not isinstance(value, str) or value not in self.choices:
-            from cnndsl.evaluate import show
-
-            raise ArgValueError(f"{what} must be {self.text}, got {show(value)}")
-        return value
 
 
 # ---- per-axis matrices (float64, read-only, cached: a network asks for few sizes) -------
@@ -133,7 +118,7 @@ class PerAxisLinear(Op):
 @dataclass(frozen=True)
 class UpsampleParams:
     factor: int | tuple = arg(Size(), 2)
-    mode: str = arg(Choice(UPSAMPLE_MODES), "nearest")
+    mode: str = arg(Choice(*UPSAMPLE_MODES), "nearest")
 
 
 @register
