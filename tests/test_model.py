@@ -265,8 +265,17 @@ Conv(4, 3, stride=2) -> ReLU -> { Identity + Conv(4, 3) -> ReLU }
     "fused_output": "input 6x6x2\nConv(4, 3, stride=2) -> ReLU",
     "fashion_small": (EXAMPLES / "fashion_small.cnn").read_text(),
 }
+# one-sided padding and true convolution (issue 14), in a residual and before a pool
+PADDED_FLIPPED = """
+input 9x8x3
+Conv(4, 2, pad=((0, 1), (1, 0)), flip=true) -> ReLU
+  -> { Identity + DepthwiseConv(3, pad=(1, (0, 2)), flip=true) -> Conv(4, 3, pad=same) }
+  -> MaxPool(3, 2, pad=((1, 1), (0, 1))) -> LocalConv(3, 2, pad=((0, 1), (1, 0)))
+  -> AvgPool(2, pad=((0, 1), (0, 0))) -> FC(5) -> Softmax
+"""
 TORCH_NETWORKS = {"branchy": BRANCHY,
                   "mnist_pytorch": (EXAMPLES / "mnist_pytorch.cnn").read_text(),
+                  "padded_flipped": PADDED_FLIPPED,
                   **FUSED_TORCH}
 
 

@@ -50,11 +50,19 @@ def _triple_to_rank(values, rank):
     return tuple(values[3 - rank:])
 
 
+def _flipped(weight, p, rank):
+    """`flip=true`: the true convolution, i.e. cross-correlation with the kernel reversed
+    on every spatial axis."""
+    if getattr(p, "flip", False):
+        return torch.flip(weight, dims=tuple(range(2, 2 + rank)))
+    return weight
+
+
 def run_node(op_name, p, geo, w, xs, rank, train):
     x = xs[0] if xs else None
     if op_name == "Conv":
         x = _window(x, geo, rank, 0.0)
-        return _conv(rank)(x, w["weight"], w.get("bias"),
+        return _conv(rank)(x, _flipped(w["weight"], p, rank), w.get("bias"),
                            stride=_triple_to_rank(geo["stride"], rank),
                            dilation=_triple_to_rank(geo["dilation"], rank), groups=p.groups)
     if op_name == "ConvT":
@@ -64,14 +72,16 @@ def run_node(op_name, p, geo, w, xs, rank, train):
                   output_padding=_triple_to_rank(geo["output_pad"], rank))
     if op_name == "DepthwiseConv":
         x = _window(x, geo, rank, 0.0)
-        return _conv(rank)(x, w["weight"], w.get("bias"),
+        return _conv(rank)(x, _flipped(w["weight"], p, rank), w.get("bias"),
                            stride=_triple_to_rank(geo["stride"], rank), groups=x.shape[1])
     if op_name == "SeparableConv":
         x = _window(x, geo, rank, 0.0)
         mid = _conv(rank)(x, w["depthwise"], None, stride=_triple_to_rank(geo["stride"], rank),
                           groups=x.shape[1])
         return _conv(rank)(mid, w["pointwise"], w.get("bias"))
-    if op_name == "LocalConv":
+    if op_name == "LocalConv":  # zeros first where it pads (geometry says so only then)
+        if "pad_before" in geo:
+            x = _window(x, geo, rank, 0.0)
         return _local(x, w, p, geo, rank)
     if op_name in ("MaxPool", "AvgPool", "L2Pool"):
         kernel = _triple_to_rank(geo["kernel"], rank)
