@@ -19,6 +19,9 @@ PUBLISHED = {
     "vgg16.cnn": (138_357_544, (1000,)),      # torchvision
     "resnet18.cnn": (11_689_512, (1000,)),    # torchvision
     "googlenet.cnn": (6_624_904, (1000,)),    # torchvision, without auxiliary heads
+    # the paper's Table 1 with true 5x5 branches: weights + biases, no auxiliary heads
+    "googlenet_v1.cnn": (6_998_552, (1000,)),
+    "xception.cnn": (22_855_952, (1000,)),   # Keras, trainable (22,910,480 in all)
     "mobilenet_v1.cnn": (4_231_976, (1000,)),  # Keras, trainable parameters
     "densenet121.cnn": (7_978_856, (1000,)),  # torchvision
     "m5_audio_1d.cnn": (559_114, (10,)),      # M5 (Dai et al.): ~0.5M as published
@@ -26,6 +29,7 @@ PUBLISHED = {
     # our Fashion-MNIST examples (counted by hand: 320 + 18,496 + 401,536 + 1,290)
     "fashion_small.cnn": (421_642, (10,)),
     "fashion_2conv.cnn": (870_826, (10,)),
+    "fashion_100k.cnn": (96_554, (10,)),
 }
 
 # torchinfo's "Total mult-adds" for the same PyTorch models at batch 1

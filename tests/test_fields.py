@@ -146,6 +146,7 @@ def test_resnet18_field_through_the_main_path_and_depth():
 
 
 @pytest.mark.parametrize("name,depth", [("alexnet.cnn", 8), ("googlenet.cnn", 22),
+                                        ("googlenet_v1.cnn", 22), ("xception.cnn", 37),
                                         ("mobilenet_v1.cnn", 28), ("densenet121.cnn", 121),
                                         ("lenet5.cnn", 5)])
 def test_published_depths(name, depth):
