@@ -151,9 +151,15 @@ def build_parser() -> argparse.ArgumentParser:
                        help="start afresh even if the weights file exists")
     add_force_argument(train, "--resume")
     for flag, kind, text in TRAIN_FLAGS:
-        train.add_argument(f"--{flag.replace('_', '-')}", dest=flag, type=kind, help=text)
+        train.add_argument(f"--{flag.replace('_', '-')}", dest=flag, type=kind, help=text,
+                           metavar=TRAIN_METAVARS.get(flag))
     train.add_argument("--nesterov", action="store_true", default=None,
                        help="Nesterov momentum (sgd; default: off)")
+    train.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
+                       help="augmentation: mirror half the training images left to right "
+                            "(default: off)")
+    train.add_argument("--no-augment", action="store_true",
+                       help="no augmentation, whatever the file's train block says")
     train.add_argument("--limit", type=int, metavar="N",
                        help="use a seeded random N of the training images and N of the test "
                             "images, for quick runs (default: all; 0 means all)")
@@ -219,7 +225,26 @@ TRAIN_FLAGS = [
     ("seed", int, "seed of initial weights, shuffling and dropout (default 0)"),
     ("val", float, ("fraction of training images held out for validation; 0 for none "
                    "(default 0.1)")),
+    # data augmentation of the training batches (cnndsl.augment)
+    ("shift", int, ("augmentation: move each training image by up to N pixels along each "
+                   "axis (default 0: off)")),
+    ("rotate", float, ("augmentation: rotate each training image by up to DEG degrees either "
+                      "way (2-D; default 0: off)")),
+    ("scale", float, ("augmentation: zoom each training image by a factor in [1-S, 1+S] "
+                     "(2-D; default 0: off)")),
+    ("shear", float, ("augmentation: shear each training image by up to DEG degrees either way "
+                     "(2-D; default 0: off)")),
+    ("elastic", float, ("augmentation: elastic distortion of strength ALPHA (Simard et al. "
+                       "2003: 34 for MNIST; 2-D; default 0: off)")),
+    ("elastic_sigma", float, ("augmentation: smoothness of the elastic distortion in pixels "
+                             "(default 4)")),
+    ("fill", str, ("augmentation: what enters from outside the image: zero or edge "
+                  "(default zero)")),
 ]
+TRAIN_METAVARS = {"shift": "N", "rotate": "DEG", "scale": "S", "shear": "DEG",
+                  "elastic": "ALPHA", "elastic_sigma": "SIGMA", "fill": "zero|edge"}
+#: flags that are switches (on, or --no-X off)
+TRAIN_SWITCHES = ("nesterov", "flip")
 
 
 class Loaded:
@@ -412,13 +437,15 @@ def run_train(args, context: dict) -> int:
     loaded = _loaded_with_classes(args, data_classes)
     in_file = program_settings(parse(loaded.text), loaded.bindings, loaded.data)
     flags = {}
-    for flag in [f for f, _, _ in TRAIN_FLAGS] + ["nesterov"]:
+    for flag in [f for f, _, _ in TRAIN_FLAGS] + list(TRAIN_SWITCHES):
         value = getattr(args, flag)
         if value is not None:
             try:
                 flags[flag] = convert(flag, value)
             except ValueError as error:
                 _usage_error(f"--{flag.replace('_', '-')}: {error}")
+    if args.no_augment:
+        flags.update(_augmentation_off(flags))
     if args.limit is not None and args.limit < 0:
         _usage_error(f"--limit must be 0 (all) or a number of images, got {args.limit}")
     out = _output_file(args.output or f"{Path(args.file).stem}.npz", make_folder=True)
@@ -455,6 +482,7 @@ def run_train(args, context: dict) -> int:
         setattr(config, name, value)
     data_request["data"] = data_request["data"] or "fashion-mnist"
 
+    _check_augmentation(config, loaded.graph, flags)
     model = Model(loaded.graph, seed=config.seed)
     data, splits, limited = _training_data(data_request, config, model,
                                            data_classes.loaded(data_request["data"]))
@@ -498,6 +526,30 @@ def run_train(args, context: dict) -> int:
               f"{state.test['loss']:.4f}) on {len(splits[4]):,} images")
     print(f"wrote {out}, {paths['csv']}, {paths['json']}, {paths['png']}")
     return 0
+
+
+def _augmentation_off(flags: dict) -> dict:
+    """--no-augment: every augmentation setting off; a usage error beside one that is on."""
+    from cnndsl.augment import OFF
+
+    given = [name for name in OFF if name in flags and flags[name] != OFF[name]]
+    if given:
+        _usage_error(f"--no-augment and --{given[0].replace('_', '-')} contradict each other")
+    return dict(OFF)
+
+
+def _check_augmentation(config, graph, flags: dict) -> None:
+    """Refuse augmentation the network's input cannot take (the file's train block was
+    checked with its location already): a usage error naming the flag that asked."""
+    from cnndsl.augment import unsupported
+
+    refused = unsupported(config, graph.graph["input_shape"])
+    if refused is None:
+        return
+    name, message, hint = refused
+    if name in flags:
+        _usage_error(f"--{name.replace('_', '-')}: {message}; {hint}")
+    raise CnnDslError(message, hint=hint)  # a resumed run's setting
 
 
 class _TrainingData:

@@ -14,7 +14,9 @@ import warnings
 
 import numpy as np
 
+from cnndsl.augment import SETTINGS as AUGMENT_SETTINGS
 from cnndsl.data import DataError, Dataset, check_against, fingerprint, split_validation
+from cnndsl.errors import did_you_mean
 from cnndsl.history import History
 from cnndsl.train import (
     EVAL_BATCH,
@@ -34,20 +36,23 @@ class ArrayError(DataError, ValueError):
 
 def fit(model, x, y=None, *, epochs=None, batch=None, optimizer=None, lr=None, momentum=None,
         nesterov=None, weight_decay=None, schedule=None, step_size=None, gamma=None,
-        seed=None, validation_split=None, validation_data=None, callbacks=(),
+        seed=None, validation_split=None, validation_data=None, augment=None, callbacks=(),
         progress=None, verbose=True) -> History:
     """Train `model` on x: (N, *input) and integer labels y: (N,), or on a dataset's train
-    split (`fit(cnndsl.datasets.load("mnist"))`); see `Model.fit`."""
+    split (`fit(cnndsl.datasets.load("mnist"))`); see `Model.fit`. `augment`: a dict of
+    the train block's augmentation settings (`{"shift": 2, "flip": True}`, cnndsl.augment),
+    each replacing the file's; False: none, whatever the file says; None: the file's."""
     given = {"epochs": epochs, "batch": batch, "optimizer": optimizer, "lr": lr,
              "momentum": momentum, "nesterov": nesterov, "weight_decay": weight_decay,
              "schedule": schedule, "step_size": step_size, "gamma": gamma, "seed": seed,
-             "val": validation_split}
+             "val": validation_split, **augment_settings(augment)}
     if validation_data is not None:
         if validation_split:
             raise SettingError("give validation_data or validation_split, not both")
         given["val"] = 0.0  # nothing held out of x: the validation data are given
     config = configured(model.graph.graph.get("train_settings") or {}, given,
-                        {"val": "validation_split"})
+                        {"val": "validation_split",
+                         **{name: f"augment['{name}']" for name in AUGMENT_SETTINGS}})
     run = _TrainingRun(model, x, y, config, validation_data)
     say = (lambda line: print(line, flush=True)) if verbose else None
     trainer = Trainer(model, config, run.splits, meta=run.meta, progress_bar=progress,
@@ -65,6 +70,27 @@ def fit(model, x, y=None, *, epochs=None, batch=None, optimizer=None, lr=None, m
         raise
     stopped = trainer.stop_training and trainer.state.epoch < config.epochs
     return History(trainer.state.history, stopped_early=stopped)
+
+
+def augment_settings(augment) -> dict:
+    """fit's `augment` argument as settings: None -> none given, False -> all off, a dict
+    -> its settings (each checked later as a flag is)."""
+    from cnndsl.augment import OFF
+
+    if augment is None:
+        return {}
+    if augment is False:
+        return dict(OFF)
+    if not isinstance(augment, dict):
+        raise SettingError(f"augment must be a dict of settings or False, got {augment!r}",
+                           hint="e.g. augment={'shift': 2, 'flip': True}; the names are "
+                                f"{', '.join(AUGMENT_SETTINGS)}")
+    for name in augment:
+        if name not in AUGMENT_SETTINGS:
+            raise SettingError(f"unknown augmentation setting {name!r}",
+                               hint=did_you_mean(str(name), AUGMENT_SETTINGS) or
+                               f"the settings: {', '.join(AUGMENT_SETTINGS)}")
+    return dict(augment)
 
 
 class _TrainingRun:

@@ -376,8 +376,8 @@ class Model:
 
     def fit(self, x, y=None, *, epochs=None, batch=None, optimizer=None, lr=None,
             momentum=None, nesterov=None, weight_decay=None, schedule=None, step_size=None,
-            gamma=None, seed=None, validation_split=None, validation_data=None, callbacks=(),
-            progress=None, verbose=True):
+            gamma=None, seed=None, validation_split=None, validation_data=None, augment=None,
+            callbacks=(), progress=None, verbose=True):
         """Train on x: (N, *input) (channels-last; an input ending in 1 channel also takes
         (N, *input without it)) and integer labels y: (N,), or on a dataset's train split
         (`fit(cnndsl.datasets.load("fashion-mnist"))`), with `cnndsl train`'s loop.
@@ -390,7 +390,10 @@ class Model:
         shuffles and the validation split; initial weights and dropout come from
         compile's seed, which is the train block's too), validation_split 0.1 (held out
         of x, seeded; 0: none) unless validation_data=(x, y) (or a dataset: its test
-        split) is given. `callbacks`: cnndsl.callbacks (EarlyStopping, ModelCheckpoint,
+        split) is given. `augment`: data augmentation of the training batches only, a
+        dict of the train block's settings (`{"shift": 2, "flip": True}`; also rotate,
+        scale, shear, elastic, elastic_sigma, fill: cnndsl.augment), each replacing the
+        file's; False: none, whatever the file says; None: the file's. `callbacks`: cnndsl.callbacks (EarlyStopping, ModelCheckpoint,
         CSVLogger, TensorBoard). `progress`: a bar per epoch (None: in a notebook or on a
         terminal, not into a pipe); `verbose`: print a line per epoch, as the CLI does.
         Ctrl-C ends the current batch, then raises cnndsl.train.Interrupted (a
@@ -402,7 +405,7 @@ class Model:
                    momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
                    schedule=schedule, step_size=step_size, gamma=gamma, seed=seed,
                    validation_split=validation_split, validation_data=validation_data,
-                   callbacks=callbacks, progress=progress, verbose=verbose)
+                   augment=augment, callbacks=callbacks, progress=progress, verbose=verbose)
 
     def evaluate(self, x, y=None, batch: int = 500) -> dict:
         """Measure the model (inference mode) on x: (N, *input), y: (N,) class indices, or

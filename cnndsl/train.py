@@ -7,6 +7,10 @@ code, only the Model API. Evaluation and prediction live here too (`cnndsl eval`
 (cnndsl.callbacks): what the CLI writes each epoch, the checkpoint beside `-o` and the
 metrics files, are the callbacks `ModelCheckpoint` and `MetricsFiles`.
 
+Data augmentation (cnndsl.augment, the config's shift, flip, rotate, ...) changes each
+training batch just before its step, drawn from (seed, epoch, step); the validation and
+test images are never augmented.
+
 Reproducible: the epoch's shuffle comes from (seed, epoch), the dropout RNG state is
 saved with the weights, so `--resume` continues exactly where a run stopped (at an epoch
 boundary after a crash, or mid-epoch after Ctrl-C or SIGTERM, which save first). A resumed
@@ -26,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cnndsl import checkpoint
+from cnndsl import augment, checkpoint
 from cnndsl.checkpoint import CheckpointError, bad_field
 from cnndsl.optim import SGD, Adam, StateError
 from cnndsl.trainconfig import TrainConfig
@@ -263,9 +267,11 @@ def describe_run(model, config: TrainConfig, source: str, n_train: int, n_val: i
     """The line printed before training (by `cnndsl train` and by `fit`)."""
     held_out = f", {n_val:,} held out" if n_val else ", no validation split"
     epochs = f"{config.epochs} epoch{'s' if config.epochs != 1 else ''}"
+    augmented = augment.describe(config)
     return (f"training {model.name} ({model.num_params:,} parameters) on {source}: "
             f"{n_train:,} images{held_out}, {epochs}, {config.optimizer} lr "
-            f"{config.learning_rate:g}, batch {config.batch}, seed {config.seed}")
+            f"{config.learning_rate:g}, batch {config.batch}, seed {config.seed}"
+            + (f", augmented: {augmented}" if augmented else ""))
 
 
 # ---- the trainer ---------------------------------------------------------------------------
@@ -286,6 +292,11 @@ class Trainer:
                  meta: dict | None = None, progress_bar: bool | None = None, log=print,
                  callbacks=()):
         self.model, self.config, self.out = model, config, out
+        refused = augment.unsupported(config, model.input_shape)
+        if refused is not None:  # the CLI and fit say so first, naming the flag or argument
+            from cnndsl.trainconfig import SettingError
+
+            raise SettingError(refused[1], hint=refused[2])
         self.x_train, self.y_train, self.x_val, self.y_val, self.x_test, self.y_test = splits
         self.meta = dict(meta or {})
         self.progress_bar = progress_bar
@@ -435,7 +446,7 @@ class Trainer:
                     self._call("on_interrupt", self._running_row())
                     raise Interrupted(self._stop)
                 index = order[state.step * config.batch:(state.step + 1) * config.batch]
-                loss, probs, grads = self.model.loss_and_grads(self.x_train[index],
+                loss, probs, grads = self.model.loss_and_grads(self._batch(index),
                                                                self.y_train[index])
                 self.optimizer.step(grads)
                 state.step += 1
@@ -467,6 +478,15 @@ class Trainer:
         state.epoch += 1
         state.step, state.loss_sum, state.correct, state.seen, state.seconds = 0, 0.0, 0, 0, 0.0
         self._call("on_epoch_end", row["epoch"], dict(row))
+
+    def _batch(self, index: np.ndarray) -> np.ndarray:
+        """The training images of this step: x_train[index], augmented if the config says
+        so, from (seed, epoch, step) alone (a resumed run sees the same batch)."""
+        x = self.x_train[index]
+        if not augment.active(self.config):
+            return x
+        rng = augment.batch_rng(self.config.seed, self.state.epoch, self.state.step)
+        return augment.augment_batch(x, self.config, rng)
 
     def _running_row(self) -> dict:
         """The unfinished epoch's figures so far (what an interrupt reports)."""

@@ -3,7 +3,10 @@
     train { optimizer = sgd, lr = 0.05, momentum = 0.9, epochs = 10, batch = 128 }
 
 Values are numbers, `true`/`false`, or words (`sgd`, `cosine`); `let` names may be used.
-An unknown setting or a bad value is reported at its place in the file.
+An unknown setting or a bad value is reported at its place in the file. The augmentation
+settings (`shift`, `flip`, `rotate`, `scale`, `shear`, `elastic`, `elastic_sigma`, `fill`)
+are cnndsl.augment's; one the file's `input` cannot take (a rotation of a 1-D signal) is
+refused at the setting too.
 """
 
 from __future__ import annotations
@@ -17,7 +20,12 @@ from cnndsl.errors import CnnDslError, GraphError, did_you_mean
 from cnndsl.evaluate import Env, evaluate, show
 from cnndsl.ops.args import MAX_WHOLE
 
-CHOICES = {"optimizer": ("sgd", "adam", "adamw"), "schedule": ("none", "step", "cosine")}
+CHOICES = {"optimizer": ("sgd", "adam", "adamw"), "schedule": ("none", "step", "cosine"),
+           "fill": ("zero", "edge")}
+#: upper limits of the augmentation settings (cnndsl.augment): (limit, inclusive, meaning)
+LIMITS = {"rotate": (180.0, True, "degrees either way"),
+          "scale": (1.0, False, "a zoom factor drawn in [1 - scale, 1 + scale]"),
+          "shear": (60.0, True, "degrees either way")}
 
 
 @dataclass
@@ -34,6 +42,15 @@ class TrainConfig:
     gamma: float = 0.1
     seed: int = 0
     val: float = 0.1               # fraction of the training images held out for validation
+    # data augmentation of the training batches (cnndsl.augment): all off by default
+    shift: int = 0                 # pixels, drawn in [-shift, shift] per spatial axis
+    flip: bool = False             # mirror half the images left to right
+    rotate: float = 0.0            # degrees, drawn in [-rotate, rotate] (2-D)
+    scale: float = 0.0             # zoom drawn in [1 - scale, 1 + scale] (2-D)
+    shear: float = 0.0             # degrees, drawn in [-shear, shear] (2-D)
+    elastic: float = 0.0           # Simard et al.'s alpha, pixels (2-D)
+    elastic_sigma: float = 4.0     # their sigma: smoothness of the field, pixels
+    fill: str = "zero"             # zero | edge: what enters from outside the image
 
     @property
     def learning_rate(self) -> float:
@@ -112,12 +129,48 @@ def program_settings(program: ast.Program, bindings: dict | None = None,
         try:
             settings[setting.name] = convert(setting.name, value)
         except ValueError as error:
-            raise CnnDslError(str(error), setting.value.span) from None
+            raise CnnDslError(str(error), setting.value.span,
+                              hint=getattr(error, "hint", None)) from None
+    _check_augmentation(program, blocks[0], settings, env)
     return settings
 
 
+def _check_augmentation(program: ast.Program, block: ast.TrainStmt, settings: dict,
+                        env: Env) -> None:
+    """Refuse, at the setting, augmentation the file's input cannot take (rotation of a
+    1-D signal, a shift as wide as the image)."""
+    from cnndsl import augment
+
+    shape = _input_shape(program, env)
+    if shape is None:
+        return
+    problem = augment.unsupported({**TrainConfig().as_dict(), **settings}, shape)
+    if problem is not None:
+        name, message, hint = problem
+        span = next(s.span for s in block.settings if s.name == name)
+        raise CnnDslError(message, span, hint=hint)
+
+
+def _input_shape(program: ast.Program, env: Env) -> tuple | None:
+    """The `input` statement's shape (None if there is none; build_ir checks it)."""
+    for statement in program.statements:
+        if isinstance(statement, ast.InputStmt):
+            value = evaluate(statement.shape, env)
+            return value if isinstance(value, tuple) else (value,)
+    return None
+
+
+class BadValue(ValueError):
+    """A setting's bad value: the message, and a hint (None: none)."""
+
+    def __init__(self, message: str, hint: str | None = None):
+        super().__init__(message)
+        self.hint = hint
+
+
 def convert(name: str, value):
-    """Check one setting's value (from the file or a flag); ValueError says why."""
+    """Check one setting's value (from the file or a flag); ValueError says why (a
+    BadValue with a `hint` where one helps)."""
     kind = KINDS[name]
     if name in CHOICES:
         if value not in CHOICES[name]:
@@ -132,9 +185,9 @@ def convert(name: str, value):
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError(f"{name} must be a number, got {show(value)}")  # noqa: TRY004
     if kind == "int":
-        if not isinstance(value, int) or value < (0 if name == "seed" else 1):
-            raise ValueError(f"{name} must be a whole number >= "
-                             f"{0 if name == 'seed' else 1}, got {show(value)}")
+        least = 0 if name in ("seed", "shift") else 1
+        if not isinstance(value, int) or value < least:
+            raise ValueError(f"{name} must be a whole number >= {least}, got {show(value)}")
         if value > MAX_WHOLE:
             raise ValueError(f"{name} must be at most 2^31 ({MAX_WHOLE:,}), got {value:,}")
         return value
@@ -142,9 +195,21 @@ def convert(name: str, value):
         raise ValueError(f"{name} must be a finite number, got {value}")
     if name == "val" and not 0 <= value < 1:
         raise ValueError(f"val must be a fraction in [0, 1), got {show(value)}")
-    if value < 0 or (name == "lr" and value == 0):
+    if value < 0 or (name in ("lr", "elastic_sigma") and value == 0):
         raise ValueError(f"{name} must be positive, got {show(value)}")
+    if name in LIMITS:
+        limit, included, meaning = LIMITS[name]
+        if value > limit or (value == limit and not included):
+            bound = f"at most {limit:g}" if included else f"below {limit:g}"
+            raise BadValue(f"{name} must be {bound} ({meaning}), got {show(value)}",
+                           hint=augment_hint(name))
     return float(value)
+
+
+def augment_hint(name: str) -> str | None:
+    from cnndsl.augment import HINTS
+
+    return HINTS.get(name)
 
 
 def _value(setting: ast.Setting, env: Env):
