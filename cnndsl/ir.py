@@ -99,7 +99,8 @@ def _keyword_value(op, layer: str, argument: ast.Arg, env: Env):
         raise ArgumentError(
             f"{layer}: {argument.name} must be {', '.join(choices[:-1])} or {choices[-1]}, "
             f"got {argument.value.id}", argument.value.span,
-            hint=f"write {argument.name}={choices[0]}") from None
+            hint=did_you_mean(argument.value.id, list(choices))
+            or f"write {argument.name}={choices[0]}") from None
 
 
 def _choices(op, argument: str) -> tuple[str, ...]:

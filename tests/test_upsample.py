@@ -202,6 +202,9 @@ def test_an_unknown_mode_word_lists_the_choices():
     assert "<string>:2:18: error: Upsample: mode must be nearest or bilinear, got bicubic" \
         in str(caught.value)
     assert "hint: write mode=nearest" in str(caught.value)
+    with pytest.raises(CnnDslError) as caught:  # a near miss: the closest choice
+        cnndsl.check_text("input 5x5x2\nUpsample(2, mode=bilinar)")
+    assert "hint: did you mean 'bilinear'?" in str(caught.value)
     # elsewhere an unbound name stays one
     with pytest.raises(CnnDslError, match="unbound name 'bicubic'"):
         cnndsl.check_text("input 5x5x2\nUpsample(bicubic)")

@@ -71,7 +71,8 @@ class LRN(Op):
 
     channels beyond the edges counting as zeros (an even size reaches one channel further
     back than forward, as PyTorch pads). Bare `LRN` is bvlc_alexnet's and GoogLeNet v1's
-    (size 5, alpha 1e-4, beta 0.75, k 1); the AlexNet paper's is LRN(k=2). No parameters."""
+    (size 5, alpha 1e-4, beta 0.75, k 1). The AlexNet paper's formula does not divide alpha
+    by the size: its n=5, alpha=1e-4, k=2 is LRN(5, alpha=5e-4, k=2) here. No parameters."""
 
     name = "LRN"
     Params = LRNParams
