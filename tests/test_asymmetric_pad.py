@@ -12,7 +12,7 @@ import shutil
 
 import numpy as np
 import pytest
-from test_export import inputs, run_onnx, run_pytorch
+from test_export import assert_exports_equal_forward
 from test_model import numeric_gradcheck
 
 import cnndsl
@@ -199,18 +199,10 @@ EXPORTED = {
 def test_onnx_and_pytorch_exports_equal_forward(case, tmp_path):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("torch")
-    from cnndsl.export.onnx import to_onnx
-    from cnndsl.export.pytorch import to_pytorch
 
     shape, body = EXPORTED[case]
     model = cnndsl.compile(f"network P\ninput {shape}\n{body}", seed=1)
-    to_onnx(model, tmp_path / "p.onnx")
-    to_pytorch(model, tmp_path / "p.py")
-    for batch in (1, 3):
-        x = inputs(model, batch, seed=batch) - 2.0  # mostly negative: -inf max padding
-        expected = model.forward(x, train=False)
-        np.testing.assert_allclose(run_onnx(tmp_path / "p.onnx", x), expected, atol=1e-4)
-        np.testing.assert_allclose(run_pytorch(tmp_path / "p.py", x)[0], expected, atol=1e-4)
+    assert_exports_equal_forward(model, tmp_path, shift=-2.0)  # mostly negative: -inf max padding
 
 
 def test_exports_write_begins_and_ends(tmp_path):

@@ -78,6 +78,23 @@ SMALL |= {
 EXAMPLE_FILES = sorted(p.name for p in EXAMPLES.glob("*.cnn"))
 
 
+def assert_exports_equal_forward(model, folder, scale: float = 1.0, shift: float = 0.0):
+    """Export `model` to folder/m.onnx and folder/m.py (+ .pt), and check that ONNX Runtime
+    and the generated PyTorch module compute what model.forward(x, train=False) does, within
+    1e-4, at batch 1 and 3 (inputs scaled by `scale`, then moved by `shift`: negative ones
+    show a max pool's padding)."""
+    from cnndsl.export.onnx import to_onnx
+    from cnndsl.export.pytorch import to_pytorch
+
+    to_onnx(model, folder / "m.onnx")
+    to_pytorch(model, folder / "m.py")
+    for batch in (1, 3):
+        x = inputs(model, batch, seed=batch) * scale + shift
+        expected = model.forward(x, train=False)
+        np.testing.assert_allclose(run_onnx(folder / "m.onnx", x), expected, atol=1e-4)
+        np.testing.assert_allclose(run_pytorch(folder / "m.py", x)[0], expected, atol=1e-4)
+
+
 def small_model(case: str):
     shape, body = SMALL[case]
     model = cnndsl.compile(f"network T_{case}\ninput {shape}\n{body.strip()}", seed=1)

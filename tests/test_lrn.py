@@ -10,7 +10,7 @@ import shutil
 import numpy as np
 import pytest
 from gradcheck import numgrad
-from test_export import inputs, run_onnx, run_pytorch
+from test_export import assert_exports_equal_forward
 
 import cnndsl
 from cnndsl.cli import main
@@ -152,18 +152,11 @@ def test_onnx_and_pytorch_exports_equal_forward(case, tmp_path):
     onnx = pytest.importorskip("onnx")
     pytest.importorskip("onnxruntime")
     pytest.importorskip("torch")
-    from cnndsl.export.onnx import to_onnx
-    from cnndsl.export.pytorch import module_source, to_pytorch
+    from cnndsl.export.pytorch import module_source
 
     shape, body, operators = EXPORTED[case]
     model = cnndsl.compile(f"network M\ninput {shape}\n{body}", seed=1)
-    to_onnx(model, tmp_path / "m.onnx")
-    to_pytorch(model, tmp_path / "m.py")
-    for batch in (1, 3):
-        x = inputs(model, batch, seed=batch) * 3  # big enough that the window sum matters
-        expected = model.forward(x, train=False)
-        np.testing.assert_allclose(run_onnx(tmp_path / "m.onnx", x), expected, atol=1e-4)
-        np.testing.assert_allclose(run_pytorch(tmp_path / "m.py", x)[0], expected, atol=1e-4)
+    assert_exports_equal_forward(model, tmp_path, scale=3.0)  # the window sum matters
     ops = {node.op_type for node in onnx.load(str(tmp_path / "m.onnx")).graph.node}
     assert ops & {"LRN", "AveragePool"} == operators
     assert "nn.LocalResponseNorm(" in module_source(model)

@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import pytest
 from gradcheck import numgrad
-from test_export import inputs, run_onnx, run_pytorch
+from test_export import assert_exports_equal_forward
 
 import cnndsl
 from cnndsl.cli import main
@@ -108,18 +108,11 @@ EXPORTED = {"2d": ("6x5x4", "Conv(6, 3) -> Maxout(3) -> Flatten -> FC(4) -> Maxo
 def test_onnx_and_pytorch_exports_equal_forward(case, tmp_path):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("torch")
-    from cnndsl.export.onnx import to_onnx
-    from cnndsl.export.pytorch import module_source, to_pytorch
+    from cnndsl.export.pytorch import module_source
 
     shape, body = EXPORTED[case]
     model = cnndsl.compile(f"network M\ninput {shape}\n{body}", seed=1)
-    to_onnx(model, tmp_path / "m.onnx")
-    to_pytorch(model, tmp_path / "m.py")
-    for batch in (1, 3):
-        x = inputs(model, batch, seed=batch)
-        expected = model.forward(x, train=False)
-        np.testing.assert_allclose(run_onnx(tmp_path / "m.onnx", x), expected, atol=1e-4)
-        np.testing.assert_allclose(run_pytorch(tmp_path / "m.py", x)[0], expected, atol=1e-4)
+    assert_exports_equal_forward(model, tmp_path)
     assert ".amax(dim=2)" in module_source(model)
 
 

@@ -13,7 +13,7 @@ import shutil
 import numpy as np
 import pytest
 from gradcheck import numgrad
-from test_export import inputs, run_onnx, run_pytorch
+from test_export import assert_exports_equal_forward, inputs, run_pytorch
 
 import cnndsl
 from cnndsl.cli import main
@@ -315,21 +315,14 @@ EXPORTED = {
 def test_onnx_and_pytorch_exports_equal_forward(case, tmp_path):
     pytest.importorskip("onnxruntime")
     torch = pytest.importorskip("torch")
-    from cnndsl.export.onnx import to_onnx
-    from cnndsl.export.pytorch import load_pytorch_state, to_pytorch
+    from cnndsl.export.pytorch import load_pytorch_state
 
     shape, body = EXPORTED[case]
     model = cnndsl.compile(f"network M\ninput {shape}\n{body}", seed=1)
     for name, array in model.parameters().items():  # biases far from 0 show a misplaced one
         if name.endswith(".bias"):
             array[...] = np.random.default_rng(0).uniform(-0.5, 0.5, array.shape)
-    to_onnx(model, tmp_path / "m.onnx")
-    to_pytorch(model, tmp_path / "m.py")
-    for batch in (1, 3):
-        x = inputs(model, batch, seed=batch)
-        expected = model.forward(x, train=False)
-        np.testing.assert_allclose(run_onnx(tmp_path / "m.onnx", x), expected, atol=1e-4)
-        np.testing.assert_allclose(run_pytorch(tmp_path / "m.py", x)[0], expected, atol=1e-4)
+    assert_exports_equal_forward(model, tmp_path)
     # the state_dict holds the weights in cnndsl's layout and comes back bit for bit
     _, net = run_pytorch(tmp_path / "m.py", inputs(model, 1))
     assert set(net.state_dict()) == set(model.parameters())
