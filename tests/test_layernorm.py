@@ -10,7 +10,7 @@ import shutil
 
 import numpy as np
 import pytest
-from gradcheck import numgrad
+from gradcheck import assert_model_gradients, numgrad
 from test_export import inputs, run_onnx, run_pytorch
 
 import cnndsl
@@ -162,20 +162,7 @@ def test_network_gradcheck(over):
         array[...] = rng.normal(size=array.shape)
     x = rng.normal(size=(2, 4, 3, 2))
     r = rng.normal(size=(2, 3))
-    model.forward(x, train=True)
-    gx, grads = model.backward(r)
-    np.testing.assert_allclose(
-        gx, numgrad(lambda v: model.forward(v, train=True), x.copy(), r), atol=1e-7)
-    for name, array in model.parameters().items():
-        original = array.copy()
-
-        def f(value, array=array):
-            array[...] = value
-            return model.forward(x, train=True)
-
-        numeric = numgrad(f, original.copy(), r)
-        array[...] = original  # numgrad leaves the last element moved by -h
-        np.testing.assert_allclose(grads[name], numeric, atol=1e-7, err_msg=name)
+    assert_model_gradients(model, x, r)
 
 
 def test_batches_cut_across_threads_give_the_whole_batchs_gradients(monkeypatch):

@@ -9,7 +9,7 @@ import shutil
 
 import numpy as np
 import pytest
-from gradcheck import numgrad
+from gradcheck import assert_model_gradients, numgrad
 from test_export import assert_exports_equal_forward
 
 import cnndsl
@@ -119,20 +119,7 @@ def test_network_gradcheck(rank):
                   seed=0, dtype=np.float64)
     x = np.random.default_rng(2).normal(size=(2, *SHAPES[rank]))
     r = np.random.default_rng(3).normal(size=(2, 3))
-    model.forward(x, train=True)
-    gx, grads = model.backward(r)
-    np.testing.assert_allclose(
-        gx, numgrad(lambda v: model.forward(v, train=True), x.copy(), r), atol=1e-7)
-    for name, array in model.parameters().items():
-        original = array.copy()
-
-        def f(value, array=array):
-            array[...] = value
-            return model.forward(x, train=True)
-
-        numeric = numgrad(f, original.copy(), r)
-        array[...] = original  # numgrad leaves the last element moved by -h
-        np.testing.assert_allclose(grads[name], numeric, atol=1e-7, err_msg=name)
+    assert_model_gradients(model, x, r)
 
 
 #: (input, chain, ONNX operators expected: LRN for an odd size, AveragePool for an even one)
