@@ -30,12 +30,16 @@ class Window:
         return Window(sizes, sizes, tuple((0, 0) for _ in sizes))
 
 
+def _axes(count: int) -> str:
+    return f"{count} axis" if count == 1 else f"{count} axes"
+
+
 def per_axis(value, rank: int, what: str) -> tuple[int, ...]:
     """3 -> (3, 3) in 2-D; a tuple must have one entry per spatial axis."""
     if isinstance(value, tuple):
         if len(value) != rank:
-            raise ShapeMismatch(f"{what} {fmt(value)} has {len(value)} axes but the input has "
-                                f"{rank} spatial axes",
+            raise ShapeMismatch(f"{what} {fmt(value)} has {_axes(len(value))} but the input "
+                                f"has {rank} spatial {'axis' if rank == 1 else 'axes'}",
                                 hint=f"give one number, or {rank} numbers such as "
                                      f"{'x'.join(['3'] * rank)}")
         return value
