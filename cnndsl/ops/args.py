@@ -29,11 +29,10 @@ class ArgValueError(Exception):
 def _describe(value) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, tuple) and any(isinstance(v, tuple) for v in value):
-        return "(" + ", ".join(_describe(v) if not isinstance(v, tuple) else
-                               "(" + ", ".join(map(_describe, v)) + ")" for v in value) + ")"
-    if isinstance(value, tuple):
-        return "x".join(str(v) for v in value)
+    if isinstance(value, tuple):  # 3x3, or pairs ((0, 1), (2, 2)) as the DSL spells them
+        from cnndsl.evaluate import show
+
+        return show(value)
     return str(value)
 
 
