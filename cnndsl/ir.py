@@ -93,26 +93,26 @@ def _keyword_value(op, layer: str, argument: ast.Arg, env: Env):
     try:
         return evaluate(argument.value, env)
     except BindingError:
-        choices = _choices(op, argument.name)
+        kind = _argument_kind(op, argument.name)
+        choices = getattr(kind, "choices", ())
         if not choices or not isinstance(argument.value, ast.Name):
             raise
         raise ArgumentError(
-            f"{layer}: {argument.name} must be {', '.join(choices[:-1])} or {choices[-1]}, "
-            f"got {argument.value.id}", argument.value.span,
-            hint=did_you_mean(argument.value.id, list(choices))
+            f"{layer}: {argument.name} must be {kind.text}, got {argument.value.id}",
+            argument.value.span, hint=did_you_mean(argument.value.id, list(choices))
             or f"write {argument.name}={choices[0]}") from None
 
 
-def _choices(op, argument: str) -> tuple[str, ...]:
-    """The words argument `argument` of `op` chooses from (empty: it takes no words)."""
+def _argument_kind(op, argument: str):
+    """The kind (cnndsl.ops.args) of `op`'s argument named `argument`, or None."""
     import dataclasses
 
     if not dataclasses.is_dataclass(op.Params):
-        return ()
+        return None
     for field in dataclasses.fields(op.Params):
         if field.name == argument:
-            return tuple(getattr(field.metadata.get("kind"), "choices", ()))
-    return ()
+            return field.metadata.get("kind")
+    return None
 
 
 class _Builder:
