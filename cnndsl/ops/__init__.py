@@ -284,6 +284,12 @@ def num_elements(shape) -> int:
     return math.prod(shape)
 
 
+def at_most_3d(shape) -> None:
+    """A flat, 1-D, 2-D or 3-D shape passes; more spatial axes are an error."""
+    if len(shape) > 4:
+        raise ShapeMismatch(f"supports 1-D, 2-D and 3-D inputs, got {len(shape) - 1}-D")
+
+
 def spatial(shape, op_name: str, what: str = "a spatial input") -> tuple[tuple[int, ...], int]:
     """Split (spatial..., C) into (spatial, C); flat or >3-D inputs are errors."""
     if len(shape) < 2:
@@ -291,8 +297,7 @@ def spatial(shape, op_name: str, what: str = "a spatial input") -> tuple[tuple[i
             f"needs {what} (L x C, H x W x C or D x H x W x C), got a flat tensor of "
             f"{shape[0]} features",
             hint=f"{op_name} cannot follow FC, Flatten or a global pool")
-    if len(shape) > 4:
-        raise ShapeMismatch(f"supports 1-D, 2-D and 3-D inputs, got {len(shape) - 1}-D")
+    at_most_3d(shape)
     return shape[:-1], shape[-1]
 
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from cnndsl.errors import ShapeMismatch
-from cnndsl.ops import Op, register
+from cnndsl.ops import Op, at_most_3d, register
 from cnndsl.ops.args import Count, Real, arg
 
 
@@ -185,8 +185,7 @@ class Maxout(Op):
 
     @staticmethod
     def shape(p, x):
-        if len(x) > 4:
-            raise ShapeMismatch(f"supports 1-D, 2-D and 3-D inputs, got {len(x) - 1}-D")
+        at_most_3d(x)
         channels = x[-1]
         if channels % p.pieces:
             raise ShapeMismatch(

@@ -10,17 +10,12 @@ from dataclasses import dataclass, fields
 import numpy as np
 
 from cnndsl.errors import ShapeMismatch
-from cnndsl.ops import Op, register
+from cnndsl.ops import Op, at_most_3d, register
 from cnndsl.ops.args import Choice, Count, Real, arg
 from cnndsl.ops.padding import Window
 
 #: a bound for LRN's alpha, beta and k: far beyond any published use, finite for the checks
 LARGE = 1e6
-
-
-def _check_rank(x) -> None:
-    if len(x) > 4:
-        raise ShapeMismatch(f"supports 1-D, 2-D and 3-D inputs, got {len(x) - 1}-D")
 
 
 def _changed(p, defaults, positional: str = "") -> str:
@@ -83,7 +78,7 @@ class LRN(Op):
 
     @staticmethod
     def shape(p, x):
-        _check_rank(x)
+        at_most_3d(x)
         return x
 
     @staticmethod
@@ -198,7 +193,7 @@ class LayerNorm(Op):
 
     @staticmethod
     def shape(p, x):
-        _check_rank(x)
+        at_most_3d(x)
         count = x[-1] if p.over == "channels" else int(np.prod(x))
         if count == 1:
             what = "1 channel" if p.over == "channels" else "a single value"
