@@ -11,7 +11,7 @@ import shutil
 
 import numpy as np
 import pytest
-from gradcheck import numgrad
+from gradcheck import assert_model_gradients, numgrad
 from test_export import assert_exports_equal_forward
 from test_upsample import central_extent, table_row
 
@@ -101,13 +101,7 @@ def test_the_model_runs_it_between_weighted_layers():
                                     "Conv(2, 3) -> FC(3)"), seed=0, dtype=np.float64)
     x = np.random.default_rng(2).normal(size=(2, 9, 7, 2))
     r = np.random.default_rng(3).normal(size=(2, 3))
-    model.forward(x, train=True)
-    gx, grads = model.backward(r)
-    np.testing.assert_allclose(gx, numgrad(lambda v: model.forward(v, train=True), x, r),
-                               atol=1e-6)
-    weight = model.parameters()["conv1.weight"]
-    numeric = numgrad(lambda v: model.forward(x, train=True), weight, r)
-    np.testing.assert_allclose(grads["conv1.weight"], numeric, atol=1e-6)
+    assert_model_gradients(model, x, r, atol=1e-6)  # input and every parameter
 
 
 # (input, body, whether every size divides: AveragePool, else MatMuls)

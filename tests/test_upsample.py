@@ -9,7 +9,7 @@ from fractions import Fraction
 
 import numpy as np
 import pytest
-from gradcheck import numgrad
+from gradcheck import assert_model_gradients, numgrad
 from test_export import assert_exports_equal_forward
 
 import cnndsl
@@ -102,20 +102,14 @@ def test_gradcheck_central_differences(rank, mode):
 
 @pytest.mark.parametrize("mode", UPSAMPLE_MODES)
 def test_the_model_runs_it_between_weighted_layers(mode):
-    """In a network, float64: the model's input gradient by central differences (every
-    parameter gradient flows through Upsample's backward into the first Conv)."""
+    """In a network, float64: the input gradient and every parameter's by central
+    differences (the first Conv's flow through Upsample's backward)."""
     model = Model(cnndsl.check_text(
         f"input 5x4x2\nConv(3, 3) -> Upsample(2x3, mode={mode}) -> Conv(2, 3) -> FC(3)"),
         seed=0, dtype=np.float64)
     x = np.random.default_rng(2).normal(size=(2, 5, 4, 2))
     r = np.random.default_rng(3).normal(size=(2, 3))
-    model.forward(x, train=True)
-    gx, grads = model.backward(r)
-    np.testing.assert_allclose(gx, numgrad(lambda v: model.forward(v, train=True), x, r),
-                               atol=1e-6)
-    weight = model.parameters()["conv1.weight"]
-    numeric = numgrad(lambda v: model.forward(x, train=True), weight, r)
-    np.testing.assert_allclose(grads["conv1.weight"], numeric, atol=1e-6)
+    assert_model_gradients(model, x, r, atol=1e-6)  # input and every parameter
 
 
 EXPORTED = {
