@@ -164,6 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="use a seeded random N of the training images and N of the test "
                             "images, for quick runs (default: all; 0 means all)")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_engine_arguments(train)
     train.set_defaults(run=run_train)
 
     evaluate = command("eval", help="accuracy, per-class accuracy and confusion matrix of "
@@ -359,6 +360,31 @@ def _output_file(path: str, make_folder: bool = False) -> str:
     return path
 
 
+def _add_engine_arguments(train) -> None:
+    """`cnndsl train`'s engine flags (docs/language.md): the torch engine's own are None
+    unless given, so the numba engine can refuse them by name."""
+    train.add_argument("--engine", choices=("numba", "torch"), default="numba",
+                       help="numba: cnndsl's own kernels, in this process; torch: the "
+                            "generated PyTorch module, with DistributedDataParallel for "
+                            "--nproc > 1 (needs 'cnndsl[torch]') (default numba)")
+    train.add_argument("--nproc", type=int, metavar="N",
+                       help="torch engine: N training processes on this machine, each "
+                            "with cores/N threads (default 1: one process, no "
+                            "torch.distributed)")
+    train.add_argument("--device", choices=("cpu", "cuda"),
+                       help="torch engine: cpu (gloo between processes) or cuda (one GPU "
+                            "per process, NCCL) (default cpu)")
+    train.add_argument("--nnodes", type=int, metavar="N",
+                       help="torch engine: machines in the job, each running this command "
+                            "with the same --rdzv-endpoint (default 1)")
+    train.add_argument("--rdzv-endpoint", metavar="HOST:PORT",
+                       help="torch engine: where the machines meet (torchrun's c10d "
+                            "rendezvous: a port on one of them; default: a free local port)")
+    train.add_argument("--rdzv-id", metavar="ID",
+                       help="torch engine: the job's name at the rendezvous, the same on "
+                            "every machine (default: cnndsl)")
+
+
 def _usage_error(message: str):
     print(f"cnndsl: error: {message}", file=sys.stderr)
     raise SystemExit(2)
@@ -417,22 +443,91 @@ def _train_data_spec(args) -> str:
 
 
 def run_train(args, context: dict) -> int:
+    """`cnndsl train`: prepare the run (settings, data, resume), then train it on the
+    chosen engine: Numba in this process, or torch here (--nproc 1) or on launched
+    workers (cnndsl.ddp), each of which runs this function again as one rank."""
+    from cnndsl import ddp
+
+    if not _engine_usable(args):
+        return 1
+    context["path"] = args.file
+    ranks = ddp.worker_ranks()  # None: this process launches the run, or is all of it
+    writes = ranks is None or ranks.rank == 0
+    run = _prepare_training(args, context, say=_said if ranks is None else _unsaid,
+                            writes=writes)
+    if isinstance(run, int):
+        return run
+    if args.engine == "torch" and ranks is None and ddp.is_distributed(args):
+        print(_engine_line(args, args.nproc or 1, args.nnodes or 1), flush=True)
+        del run  # the workers load the data themselves
+        return ddp.launch(args)
+    if args.engine == "torch":
+        _use_torch_engine(run.trainer, args, ranks)
+    else:
+        _compile_kernels(run.trainer.model, run.trainer.config.batch, train=True,
+                         bar=not args.no_progress)
+    return _train(run, args, writes)
+
+
+def _said(*lines, error: bool = False) -> None:
+    for line in lines:
+        print(line, file=sys.stderr if error else sys.stdout, flush=True)
+
+
+def _unsaid(*lines, error: bool = False) -> None:
+    """A worker of a launched run: the launcher said the run's preamble already."""
+
+
+def _engine_usable(args) -> bool:
+    """Refuse the torch engine's flags with the Numba engine (a usage error naming the
+    flag), and say so (`cnndsl: error: ...`, False: exit 1) when the torch engine cannot
+    run here (no torch; --device cuda without a GPU), before any data is loaded."""
+    given = [flag for flag, dest in ENGINE_FLAGS if getattr(args, dest) is not None]
+    if args.engine == "numba":
+        if given:
+            _usage_error(f"{given[0]} needs --engine torch (the numba engine runs in this "
+                         "process, on its cores)")
+        return True
+    for flag, dest in (("--nproc", "nproc"), ("--nnodes", "nnodes")):
+        value = getattr(args, dest)
+        if value is not None and value < 1:
+            _usage_error(f"{flag} must be 1 or more, got {value}")
+    from cnndsl.torchengine import check_device
+
+    try:
+        check_device(args.device or "cpu")
+    except CnnDslError as error:  # about this machine, not about FILE
+        print(error.format(None, "cnndsl"), file=sys.stderr)
+        return False
+    return True
+
+
+#: (flag, argparse dest) of the torch engine's own flags
+ENGINE_FLAGS = [("--nproc", "nproc"), ("--device", "device"), ("--nnodes", "nnodes"),
+                ("--rdzv-endpoint", "rdzv_endpoint"), ("--rdzv-id", "rdzv_id")]
+
+
+class _TrainRun:
+    """A prepared `cnndsl train` run: its Trainer (resumed if asked), weights file, splits."""
+
+    def __init__(self, trainer, out: str, splits: tuple):
+        self.trainer, self.out, self.splits = trainer, out, splits
+
+
+def _prepare_training(args, context: dict, say=None, writes: bool = True):
+    """The run `args` describe, as a _TrainRun, or an exit status (1) when the weights
+    file is in the way. `say(*lines, error=)` tells the user what was decided (the
+    description of the run, notes, warnings); `writes`: this process writes the weights
+    and metrics files and shows progress (a launched run's rank 0 only)."""
     from pathlib import Path
 
     from cnndsl import checkpoint
     from cnndsl.model import Model
     from cnndsl.parser import parse
-    from cnndsl.train import (
-        Interrupted,
-        Trainer,
-        check_memory,
-        checkpoint_meta,
-        describe_run,
-        metrics_paths,
-    )
+    from cnndsl.train import Trainer, check_memory, checkpoint_meta, describe_run
     from cnndsl.trainconfig import TrainConfig, convert, program_settings
 
-    context["path"] = args.file
+    say = say or _said
     data_classes = _DataClasses(lambda: _train_data_spec(args))
     loaded = _loaded_with_classes(args, data_classes)
     in_file = program_settings(parse(loaded.text), loaded.bindings, loaded.data)
@@ -486,44 +581,72 @@ def run_train(args, context: dict) -> int:
     model = Model(loaded.graph, seed=config.seed)
     data, splits, limited = _training_data(data_request, config, model,
                                            data_classes.loaded(data_request["data"]))
-    for warning in data.warnings:
-        print(f"cnndsl: warning: {warning}", file=sys.stderr)
+    say(*(f"cnndsl: warning: {warning}" for warning in data.warnings), error=True)
     if loaded.data:
-        print(f"cnndsl: note: classes = {loaded.data['classes']}, the class count of "
-              f"{data.dataset.name or data.dataset.source}", file=sys.stderr)
+        say(f"cnndsl: note: classes = {loaded.data['classes']}, the class count of "
+            f"{data.dataset.name or data.dataset.source}", error=True)
     # what the data bound is kept with the bindings: `eval --weights` rebuilds this network
     meta = checkpoint_meta(model, text=loaded.text, bindings={**loaded.data, **loaded.bindings},
                            classes=data.dataset.classes, data=data_request["data"],
                            limit=data_request["limit"], fingerprint=data.fingerprint)
-    progress = False if args.no_progress else None  # None: a bar on a terminal
+    progress = False if args.no_progress or not writes else None  # None: a bar on a terminal
     # the checkpoint at `out` and the metrics beside it: ModelCheckpoint and MetricsFiles
-    trainer = Trainer(model, config, splits, out, meta, progress_bar=progress,
-                      log=lambda line: print(line, flush=True))
+    trainer = Trainer(model, config, splits, out if writes else None, meta,
+                      progress_bar=progress,
+                      log=(lambda line: print(line, flush=True)) if writes else None)
     if saved is not None:
         changes = _resume_changes(saved[1], config, meta["run_data"], out, args)
         trainer.resume(out, *saved, changes=changes, force=args.force, warn=_warn)
-        print(f"resuming {out}: {trainer.state.epoch} of {config.epochs} epochs done"
-              + (f", batch {trainer.state.step} of the next" if trainer.state.step else ""))
-        for change in changes:
-            print(f"cnndsl: note: {change['setting']} changed from {change['from']} to "
-                  f"{change['to']} (recorded in the metrics)", file=sys.stderr)
+        say(f"resuming {out}: {trainer.state.epoch} of {config.epochs} epochs done"
+            + (f", batch {trainer.state.step} of the next" if trainer.state.step else ""))
+        say(*(f"cnndsl: note: {change['setting']} changed from {change['from']} to "
+              f"{change['to']} (recorded in the metrics)" for change in changes), error=True)
     x_tr, x_val = splits[0], splits[2]
     check_memory(model, min(config.batch, max(1, len(x_tr))), train=True)
-    print(describe_run(model, config, f"{data.dataset.source}{limited}", len(x_tr),
-                       len(x_val)), flush=True)
-    _compile_kernels(model, config.batch, train=True, bar=not args.no_progress)
+    say(describe_run(model, config, f"{data.dataset.source}{limited}", len(x_tr), len(x_val)))
+    return _TrainRun(trainer, out, splits)
+
+
+def _engine_line(args, processes: int, nodes: int) -> str:
+    """What the torch engine will run on, said before training."""
+    device = args.device or "cpu"
+    backend = ("nccl" if device == "cuda" else "gloo") if processes * nodes > 1 else None
+    where = f"{processes} process{'es' if processes != 1 else ''}" + (
+        f" on each of {nodes} nodes" if nodes > 1 else "")
+    return f"engine: torch on {device}, {where}" + (f" ({backend})" if backend else "")
+
+
+def _use_torch_engine(trainer, args, ranks) -> None:
+    """Put the trainer's steps on the torch engine: this process alone (`ranks` None) or
+    as one rank of a launched job."""
+    from cnndsl.torchengine import TorchEngine
+
+    if ranks is None:
+        print(_engine_line(args, 1, 1), flush=True)
+    trainer.use_engine(TorchEngine(trainer.model, trainer.optimizer, trainer.config,
+                                   device=args.device or "cpu", ranks=ranks))
+
+
+def _train(run: _TrainRun, args, writes: bool) -> int:
+    """Run the prepared trainer; say how it ended (if this process `writes`)."""
+    from cnndsl.train import Interrupted, metrics_paths
+
+    trainer, out = run.trainer, run.out
     try:
         state = trainer.run()
     except Interrupted as interrupt:
-        print(f"\ninterrupted: saved to {out} (epoch {trainer.state.epoch + 1}, batch "
-              f"{trainer.state.step}); continue with: cnndsl train {args.file} -o {out} "
-              "--resume", file=sys.stderr)
+        if writes:
+            print(f"\ninterrupted: saved to {out} (epoch {trainer.state.epoch + 1}, batch "
+                  f"{trainer.state.step}); continue with: cnndsl train {args.file} -o {out} "
+                  "--resume", file=sys.stderr)
         return 128 + interrupt.signum  # 130 for Ctrl-C, 143 for SIGTERM, as shells report
+    if not writes:
+        return 0
     paths = metrics_paths(out)
     if state.test:
         top5 = f", top-5 {state.test['top5']:.4f}" if "top5" in state.test else ""
         print(f"test accuracy {state.test['accuracy']:.4f}{top5} (loss "
-              f"{state.test['loss']:.4f}) on {len(splits[4]):,} images")
+              f"{state.test['loss']:.4f}) on {len(run.splits[4]):,} images")
     print(f"wrote {out}, {paths['csv']}, {paths['json']}, {paths['png']}")
     return 0
 

@@ -53,6 +53,9 @@ class Progress:
     #: settings changed on resume (`--epochs`, or others with --allow-changes): one
     #: {"epoch", "step", "setting", "from", "to"} each, written to the metrics JSON
     changes: list = field(default_factory=list)
+    #: the engine that runs the steps when it is not this loop's own (the torch engine's
+    #: description): written to the metrics JSON, not part of the saved progress
+    engine: dict | None = None
 
     def as_dict(self) -> dict:
         return {"epoch": self.epoch, "step": self.step, "loss_sum": self.loss_sum,
@@ -311,13 +314,33 @@ class Trainer:
         #: set (by a callback, e.g. EarlyStopping) to end the run after this epoch
         self.stop_training = False
         self._stop = False  # the signal that asked to stop, as its number
+        #: None: the steps run on the model itself (Numba); else `use_engine`'s engine
+        self.engine = None
+
+    def use_engine(self, engine) -> None:
+        """Run the steps, the learning rate and the evaluations on `engine` (the torch
+        engine, cnndsl.torchengine) from now on; everything else (epochs, shuffles,
+        augmentation, progress, callbacks, checkpoints) stays this loop's. Call it after
+        `resume`: the engine starts from the model's weights and the optimizer's state.
+
+        The engine has `step(x, y, epoch, step) -> (mean loss, correct)` over the global
+        batch, `set_lr(lr)`, `evaluate(x, y) -> {"loss", "accuracy"[, "top5"]}`,
+        `agree_stop(signum) -> signum` (all processes stop at the same batch) and
+        `sync_back(model, optimizer)` (its weights and optimizer state into cnndsl's, before
+        a save)."""
+        self.engine = engine
+        self.state.engine = engine.describe()
 
     # ---- checkpoints -----------------------------------------------------------------
     def save(self, path: str | None = None) -> None:
         """The run as it is now, to `path` (default `out`): weights, optimizer state,
         settings, progress and random state, resumable by `cnndsl train --resume`."""
+        if self.engine is not None:
+            self.engine.sync_back(self.model, self.optimizer)
         meta = {**self.meta, "config": self.config.as_dict(), "progress": self.state.as_dict(),
                 "rng": self.model.ctx.rng.bit_generator.state}
+        if self.engine is not None:
+            meta["engine"] = self.state.engine
         checkpoint.save(path or self.out, self.model, self.optimizer, meta)
 
     def resume(self, path: str, arrays: dict | None = None, meta: dict | None = None,
@@ -408,7 +431,7 @@ class Trainer:
             while self.state.epoch < self.config.epochs and not self.stop_training:
                 self._epoch()
             if self.state.test is None and len(self.x_test):
-                self.state.test = _loss_and_accuracy(self.model, self.x_test, self.y_test)
+                self.state.test = self._measure(self.x_test, self.y_test)
                 self._call("on_test_end", dict(self.state.test))
             self._call("on_train_end", self._last_row())
         finally:
@@ -436,22 +459,23 @@ class Trainer:
         batches = max(1, -(-count // config.batch))
         order = np.random.default_rng([config.seed, state.epoch]).permutation(count)
         self.optimizer.lr = learning_rate(config, state.epoch)
+        if self.engine is not None:
+            self.engine.set_lr(self.optimizer.lr)
         self._call("on_epoch_begin", state.epoch + 1, {"lr": self.optimizer.lr})
         bar = self._bar(batches)
         started = time.perf_counter() - state.seconds
         try:
             while state.step < batches:
-                if self._stop:
+                stop = self._stop if self.engine is None else self.engine.agree_stop(self._stop)
+                if stop:
                     state.seconds = time.perf_counter() - started
                     self._call("on_interrupt", self._running_row())
-                    raise Interrupted(self._stop)
+                    raise Interrupted(stop)
                 index = order[state.step * config.batch:(state.step + 1) * config.batch]
-                loss, probs, grads = self.model.loss_and_grads(self._batch(index),
-                                                               self.y_train[index])
-                self.optimizer.step(grads)
+                loss, correct = self._step(index)
                 state.step += 1
                 state.loss_sum += loss * len(index)
-                state.correct += int((probs.argmax(axis=1) == self.y_train[index]).sum())
+                state.correct += correct
                 state.seen += len(index)
                 if bar is not None:
                     elapsed = time.perf_counter() - started
@@ -467,7 +491,7 @@ class Trainer:
                "loss": state.loss_sum / state.seen, "accuracy": state.correct / state.seen}
         shown = f"loss {row['loss']:.4f}  acc {row['accuracy']:.4f}  "
         if len(self.x_val):  # no validation split (--val 0): no figures, not NaN
-            val = _loss_and_accuracy(self.model, self.x_val, self.y_val)
+            val = self._measure(self.x_val, self.y_val)
             row.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
             shown += f"val_loss {row['val_loss']:.4f}  val_acc {row['val_accuracy']:.4f}  "
         row.update(seconds=seconds, images_per_s=state.seen / max(seconds, 1e-9))
@@ -478,6 +502,22 @@ class Trainer:
         state.epoch += 1
         state.step, state.loss_sum, state.correct, state.seen, state.seconds = 0, 0.0, 0, 0, 0.0
         self._call("on_epoch_end", row["epoch"], dict(row))
+
+    def _step(self, index: np.ndarray) -> tuple[float, int]:
+        """One training step on the rows `index` of the training set: (mean loss, how many
+        the network got right)."""
+        x, y = self._batch(index), self.y_train[index]
+        if self.engine is not None:
+            return self.engine.step(x, y, self.state.epoch, self.state.step)
+        loss, probs, grads = self.model.loss_and_grads(x, y)
+        self.optimizer.step(grads)
+        return loss, int((probs.argmax(axis=1) == y).sum())
+
+    def _measure(self, x: np.ndarray, y: np.ndarray) -> dict:
+        """A validation or test pass (`_loss_and_accuracy`), on the engine if there is one."""
+        if self.engine is not None:
+            return self.engine.evaluate(x, y)
+        return _loss_and_accuracy(self.model, x, y)
 
     def _batch(self, index: np.ndarray) -> np.ndarray:
         """The training images of this step: x_train[index], augmented if the config says
@@ -524,6 +564,8 @@ def write_metrics(out: str, state: Progress) -> None:
     document = {"epochs": state.history, "test": state.test}
     if state.changes:
         document["changes"] = state.changes
+    if state.engine is not None:
+        document["engine"] = state.engine
     checkpoint.write_atomically(paths["json"], _writer(json.dumps(document, indent=2)),
                                 "metrics")
     plot_curves(state.history, paths["png"])
