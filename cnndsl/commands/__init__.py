@@ -1,4 +1,4 @@
-"""Subcommands beyond the core, one module each (`show`, `report`, `profile`, `fmt`).
+"""Subcommands beyond the core, one module each (`show`, `report`, `profile`, `fmt`, `sweep`).
 
 Each module has `add_command(command)`, where `command(name, **kwargs)` returns the
 subcommand's argparse parser (cnndsl.cli.build_parser passes it), and sets `run=` on it.
@@ -6,4 +6,4 @@ Modules import numpy/numba/matplotlib inside their functions: building the parse
 light (`cnndsl check` never loads numba).
 """
 
-COMMANDS = ("show", "report", "profile", "fmt")
+COMMANDS = ("show", "report", "profile", "fmt", "sweep")
