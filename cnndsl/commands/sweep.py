@@ -31,11 +31,11 @@ def add_command(command) -> None:
     parser.add_argument("--grid", action="append", default=[], metavar="NAME=V1,V2,...",
                         help="values to try for a binding or setting (repeatable; every "
                              "combination is tried), e.g. --grid k=1,2,3 --grid "
-                             "optimizer=sgd,adam")
+                             "optimizer=sgd,adam (default: none)")
     parser.add_argument("--range", action="append", default=[], metavar="NAME=LOW:HIGH[:log]",
                         help="a range that --random draws from (repeatable), uniform or "
                              "log-uniform (:log); whole numbers for bindings and whole-number "
-                             "settings, e.g. --range lr=1e-4:1e-2:log")
+                             "settings, e.g. --range lr=1e-4:1e-2:log (default: none)")
     parser.add_argument("--random", type=int, default=0, metavar="N",
                         help="draws from the --range ranges per --grid combination (seeded "
                              "by --seed)")

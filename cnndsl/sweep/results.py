@@ -72,6 +72,13 @@ class SweepRecord:
         """An entry per candidate not yet recorded as finished (status 'not run', or
         'infeasible' with its error)."""
         for candidate in candidates:
+            saved = self.entries.get(candidate.number)
+            if saved is not None and saved["values"] != candidate.values:
+                raise CnnDslError(
+                    f"--resume: trial #{candidate.number} of '{self.folder}' was "
+                    f"{saved['values']}, this sweep's is {candidate.values}",
+                    hint="the sweep was written by another version of cnndsl; start afresh "
+                         "with --overwrite or -o OTHER")
             if self.finished(candidate.number):
                 continue
             self.entries[candidate.number] = {
@@ -222,7 +229,9 @@ def write_pareto(record: SweepRecord, path: Path) -> bool:
                   where="post", color="tab:red", label="Pareto front", zorder=4)
         for e, (x, y) in zip(entries, points, strict=True):
             axis.annotate(_point_label(e), (x, y), textcoords="offset points",
-                          xytext=(5, 4), fontsize=8)
+                          xytext=(5, 4), fontsize=8, zorder=5,
+                          bbox={"boxstyle": "square,pad=0.1", "fc": "white", "ec": "none",
+                                "alpha": 0.8})
         axis.set_xscale("log")
         # 1-2-5 steps with k/M/G: readable whatever span the sweep covers
         axis.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
