@@ -25,6 +25,10 @@ let k = 1, m = 1
 [(Conv(4, 3x3, pad=same) -> ReLU) * k -> MaxPool(2)] * m -> FC(classes) -> Softmax
 """
 FASHION = "/usr/share/datasets/fashion-mnist"
+#: four feasible trials, run one after another (each with every core)
+ONE_AT_A_TIME = ["family.cnn", "--grid", "k=1,2", "--grid", "m=1,2", "--epochs", "1",
+                 "--limit", "3000", "-o", "out", "--no-progress",
+                 "--threads-per-trial", str(os.cpu_count())]
 
 
 def sweep(tmp_path, *argv, wait=True, **kwargs):
@@ -39,6 +43,18 @@ def sweep(tmp_path, *argv, wait=True, **kwargs):
         return process
     out, err = process.communicate(timeout=600)
     return process.returncode, out, err
+
+
+def wait_for_a_finished_trial(process, folder) -> None:
+    """Until the sweep's results.json records a finished trial (or the sweep ends)."""
+    deadline = time.time() + 300
+    while time.time() < deadline and process.poll() is None:
+        time.sleep(0.1)
+        try:
+            if any(e["status"] == "done" for e in entries(folder).values()):
+                return
+        except (OSError, ValueError):  # not written yet, or being replaced
+            continue
 
 
 def entries(folder) -> dict:
@@ -227,19 +243,10 @@ def _check_best_weights(folder, best, limit):
 def test_a_killed_sweep_resumed_runs_only_the_missing_trials(tmp_path):
     pytest.importorskip("ray.tune")
     (tmp_path / "family.cnn").write_text(NETWORK)
-    argv = ["family.cnn", "--grid", "k=1,2", "--grid", "m=1,2", "--epochs", "1", "--limit",
-            "3000", "-o", "out", "--no-progress",
-            "--threads-per-trial", str(os.cpu_count())]  # one trial at a time
+    argv = ONE_AT_A_TIME
     process = sweep(tmp_path, *argv, wait=False)
     folder = tmp_path / "out"
-    deadline = time.time() + 300
-    while time.time() < deadline and process.poll() is None:
-        time.sleep(0.1)
-        try:
-            if any(e["status"] == "done" for e in entries(folder).values()):
-                break
-        except (OSError, ValueError):  # not written yet
-            continue
+    wait_for_a_finished_trial(process, folder)
     os.killpg(process.pid, signal.SIGKILL)  # the sweep and its Ray, at once
     process.communicate(timeout=60)
     before = entries(folder)
@@ -264,18 +271,10 @@ def test_a_killed_sweep_resumed_runs_only_the_missing_trials(tmp_path):
 def test_ctrl_c_keeps_finished_trials_and_resume_refuses_other_flags(tmp_path):
     pytest.importorskip("ray.tune")
     (tmp_path / "family.cnn").write_text(NETWORK)
-    argv = ["family.cnn", "--grid", "k=1,2", "--grid", "m=1,2", "--epochs", "1", "--limit",
-            "3000", "-o", "out", "--no-progress", "--threads-per-trial", str(os.cpu_count())]
+    argv = ONE_AT_A_TIME
     process = sweep(tmp_path, *argv, wait=False)
     folder = tmp_path / "out"
-    deadline = time.time() + 300
-    while time.time() < deadline and process.poll() is None:
-        time.sleep(0.1)
-        try:
-            if any(e["status"] == "done" for e in entries(folder).values()):
-                break
-        except (OSError, ValueError):
-            continue
+    wait_for_a_finished_trial(process, folder)
     os.killpg(process.pid, signal.SIGINT)  # Ctrl-C reaches the terminal's whole group
     out, err = process.communicate(timeout=120)
     assert process.returncode == 130, err
