@@ -107,8 +107,12 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--memory", action="store_true",
                        help="add a column for each layer's activation memory per example")
     check.add_argument("--batch", type=int, metavar="B",
-                       help="batch size for the training-step activation memory (default: "
-                            "the file's train block, else 64)")
+                       help="batch size for the training-step activation memory and the "
+                            "plan (default: the file's train block, else 64)")
+    check.add_argument("--plan", action="store_true",
+                       help="also print the execution plan: fused steps, buffers and their "
+                            "places in one reused arena, and the planned peak memory of a "
+                            "training step and of inference at --batch")
     check.add_argument("--dump-ir", action="store_true",
                        help="also print every IR node with its attributes (debugging)")
     check.set_defaults(run=run_check)
@@ -296,9 +300,20 @@ def run_check(args, context: dict) -> int:
             print(format_partial_table(partial, columns))
         raise
     if args.json:
-        print(json.dumps(to_json(loaded.graph, args.batch)))
+        report = to_json(loaded.graph, args.batch)
+        if args.plan:
+            from cnndsl.plan.show import plan_json
+
+            report["plan"] = plan_json(loaded.graph, report["memory"]["batch"])
+        print(json.dumps(report))
     else:
         print(format_table(loaded.graph, columns, args.batch))
+        if args.plan:
+            from cnndsl.plan.show import format_plans
+            from cnndsl.summary import training_batch
+
+            print()
+            print(format_plans(loaded.graph, training_batch(loaded.graph, args.batch)))
         if args.dump_ir:
             print()
             print(dump_ir(loaded.graph))
