@@ -154,9 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--overwrite", action="store_true",
                        help="start afresh even if the weights file exists")
     add_force_argument(train, "--resume")
-    for flag, kind, text in TRAIN_FLAGS:
-        train.add_argument(f"--{flag.replace('_', '-')}", dest=flag, type=kind, help=text,
-                           metavar=TRAIN_METAVARS.get(flag))
+    add_setting_flags(train)
     train.add_argument("--nesterov", action="store_true", default=None,
                        help="Nesterov momentum (sgd; default: off)")
     train.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
@@ -250,6 +248,30 @@ TRAIN_METAVARS = {"shift": "N", "rotate": "DEG", "scale": "S", "shear": "DEG",
                   "elastic": "ALPHA", "elastic_sigma": "SIGMA", "fill": "zero|edge"}
 #: flags that are switches (on, or --no-X off)
 TRAIN_SWITCHES = ("nesterov", "flip")
+
+
+def add_setting_flags(parser, prefix: str = "") -> None:
+    """The training-setting flags of TRAIN_FLAGS (`--epochs`, `--lr`, ...), each help text
+    after `prefix` (`cnndsl sweep` says they set every trial)."""
+    for flag, kind, text in TRAIN_FLAGS:
+        parser.add_argument(f"--{flag.replace('_', '-')}", dest=flag, type=kind,
+                            help=prefix + text, metavar=TRAIN_METAVARS.get(flag))
+
+
+def setting_flags(args) -> dict:
+    """The training settings given as flags (TRAIN_FLAGS and TRAIN_SWITCHES), each value
+    checked (`trainconfig.convert`): a usage error naming the flag if one is bad."""
+    from cnndsl.trainconfig import convert
+
+    flags = {}
+    for flag in [f for f, _, _ in TRAIN_FLAGS] + list(TRAIN_SWITCHES):
+        value = getattr(args, flag, None)
+        if value is not None:
+            try:
+                flags[flag] = convert(flag, value)
+            except ValueError as error:
+                _usage_error(f"--{flag.replace('_', '-')}: {error}")
+    return flags
 
 
 class Loaded:
@@ -540,20 +562,13 @@ def _prepare_training(args, context: dict, say=None, writes: bool = True):
     from cnndsl.model import Model
     from cnndsl.parser import parse
     from cnndsl.train import Trainer, check_memory, checkpoint_meta, describe_run
-    from cnndsl.trainconfig import TrainConfig, convert, program_settings
+    from cnndsl.trainconfig import TrainConfig, program_settings
 
     say = say or _said
     data_classes = _DataClasses(lambda: _train_data_spec(args))
     loaded = _loaded_with_classes(args, data_classes)
     in_file = program_settings(parse(loaded.text), loaded.bindings, loaded.data)
-    flags = {}
-    for flag in [f for f, _, _ in TRAIN_FLAGS] + list(TRAIN_SWITCHES):
-        value = getattr(args, flag)
-        if value is not None:
-            try:
-                flags[flag] = convert(flag, value)
-            except ValueError as error:
-                _usage_error(f"--{flag.replace('_', '-')}: {error}")
+    flags = setting_flags(args)
     if args.no_augment:
         flags.update(_augmentation_off(flags))
     if args.limit is not None and args.limit < 0:

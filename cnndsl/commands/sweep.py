@@ -70,9 +70,7 @@ def add_command(command) -> None:
                              "measured fastest; T = cores runs trials one after another)")
     parser.add_argument("--no-progress", action="store_true",
                         help="no progress bar over the trials")
-    for flag, kind, text in cli.TRAIN_FLAGS:
-        parser.add_argument(f"--{flag.replace('_', '-')}", dest=flag, type=kind,
-                            help=f"every trial: {text}", metavar=cli.TRAIN_METAVARS.get(flag))
+    cli.add_setting_flags(parser, prefix="every trial: ")
     parser.add_argument("--nesterov", action="store_true", default=None,
                         help="every trial: Nesterov momentum (sgd)")
     parser.add_argument("--flip", action="store_true", default=None,
@@ -140,19 +138,10 @@ def run_sweep(args, context: dict) -> int:
 
 def _spec(args, text: str, cli) -> dict:
     """The sweep's flags as given (`given`: what --resume compares with the saved sweep)."""
-    from cnndsl.trainconfig import convert
-
     given = {name: getattr(args, name) for name in SPEC_FLAGS
              if getattr(args, name) not in (None, [], 0) or
              (name == "random" and args.random != 0)}
-    settings = {}
-    for flag in [f for f, _, _ in cli.TRAIN_FLAGS] + list(cli.TRAIN_SWITCHES):
-        value = getattr(args, flag, None)
-        if value is not None:
-            try:
-                settings[flag] = convert(flag, value)
-            except ValueError as error:
-                cli._usage_error(f"--{flag.replace('_', '-')}: {error}")
+    settings = cli.setting_flags(args)
     if settings:
         given["settings"] = settings
     if args.bindings:
