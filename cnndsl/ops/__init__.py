@@ -188,6 +188,11 @@ class Op:
     diagram_style: tuple[tuple[str, str], ...] = ()
     #: the diagram names the layer (`conv1`) under its label
     diagram_names_layer = True
+    #: what this kind's backward reads, for the memory plan (cnndsl.plan): a tuple of
+    #: "input", "output", "indices" (an int32 array of the output's size); None: the
+    #: default of its role (weighted layers their input, activations their output, pools
+    #: an argmax)
+    plan_saves: tuple[str, ...] | None = None
 
     @staticmethod
     def shape(p, *in_shapes):

@@ -73,6 +73,7 @@ class LeakyReLU(Elementwise):
     name = "LeakyReLU"
     examples = (("5x5x3", "LeakyReLU(0.1)"),)
     Params = LeakyParams
+    plan_saves = ("input",)  # its backward reads x's sign, not y's
 
     @staticmethod
     def describe(p):

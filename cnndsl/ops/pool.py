@@ -144,6 +144,7 @@ class AvgPool(WindowPool):
     onnx_op = "AveragePool"
     onnx_attributes = (("count_include_pad", 1),)  # padded zeros count, as in PyTorch
     torch_kind = "AvgPool"
+    plan_saves = ()  # its backward needs the input's shape only
 
     @staticmethod
     def forward(p, g, w, xs, ctx):
@@ -167,6 +168,7 @@ class L2Pool(WindowPool):
     onnx_op = "LpPool"
     onnx_attributes = (("p", 2),)
     torch_kind = "LPPool"
+    plan_saves = ("input", "output")
 
     @staticmethod
     def forward(p, g, w, xs, ctx):
@@ -217,6 +219,7 @@ class GlobalAvgPool(GlobalPool):
     examples = (("5x5x3", "GlobalAvgPool"),)
     onnx_op = "GlobalAveragePool"
     torch_kind = "Avg"
+    plan_saves = ()  # its backward needs the input's shape only
 
     @staticmethod
     def forward(p, g, w, xs, ctx):
@@ -236,6 +239,7 @@ class GlobalMaxPool(GlobalPool):
     examples = (("5x5x3", "GlobalMaxPool"),)
     onnx_op = "GlobalMaxPool"
     torch_kind = "Max"
+    plan_saves = ("indices",)  # the argmax per channel
 
     @staticmethod
     def forward(p, g, w, xs, ctx):
