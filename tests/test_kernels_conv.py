@@ -161,7 +161,7 @@ def test_float32_matches_float64_reference(fam, name):
 
 @pytest.mark.parametrize(("fam", "name"), [c for c in CASES if c.values[0] in ("conv", "convt")])
 def test_one_image_per_block_matches_reference(monkeypatch, fam, name):
-    monkeypatch.setattr(K, "_BLOCK_BYTES", 1)  # im2col/GEMM/col2im one image at a time
+    monkeypatch.setattr(K.common, "_BLOCK_BYTES", 1)  # im2col/GEMM/col2im one image at a time
     x, w, b, args, fwd, bwd = setup(fam, name, seed=6)
     y = getattr(K, fwd)(x, w, b, *args)
     close(y, getattr(R, fwd)(x, w, b, *args), 1e-12)
@@ -268,7 +268,7 @@ def test_any_cut_into_runs_and_blocks_gives_the_same_results(monkeypatch, name, 
     cores is still correct) and blocks of whole images; any cut gives the reference."""
     import numba
 
-    monkeypatch.setattr(K, "_THREAD_BLOCK_BYTES", block_bytes)  # 1: one image per block
+    monkeypatch.setattr(K.common, "_THREAD_BLOCK_BYTES", block_bytes)  # 1: one image per block
     monkeypatch.setattr(numba, "get_num_threads", lambda: threads)
     x, w, b, args, *_ = setup("conv", name)
     for keep in (None, {}):
@@ -283,7 +283,7 @@ def test_any_cut_into_runs_and_blocks_gives_the_same_results(monkeypatch, name, 
 @pytest.mark.parametrize("name", ["2d_same", "2d_stride_dil_groups4", "3d", "2d_1x1"])
 def test_patches_kept_by_the_forward_give_the_same_gradients(monkeypatch, name, one_block):
     if not one_block:
-        monkeypatch.setattr(K, "_BLOCK_BYTES", 1)  # one image per block: nothing is kept
+        monkeypatch.setattr(K.common, "_BLOCK_BYTES", 1)  # one image per block: nothing is kept
     x, w, b, args, *_ = setup("conv", name)
     keep = {}
     y = K.conv_forward(x, w, b, *args, keep=keep)
