@@ -9,6 +9,10 @@ and the peak RSS growth during the run. Prints, never asserts.
 
     python benchmarks/bench_train.py            # all nets
     python benchmarks/bench_train.py A B        # some
+    python benchmarks/bench_train.py --import-order cnndsl B   # `import cnndsl` before numpy
+
+Each cnndsl process imports numpy before cnndsl, as users do (`--import-order numpy`, the
+default); `--import-order cnndsl` is for the A/B: speed must not depend on it (issue 16).
 OpenBLAS is run with its best kernels here (OPENBLAS_CORETYPE/L2_SIZE unset, see env notes).
 """
 
@@ -22,8 +26,7 @@ import subprocess
 import sys
 import time
 
-# the environment as given, before `import cnndsl` adds its thread defaults to os.environ:
-# each engine's process starts from it (PyTorch must not inherit cnndsl's OpenMP settings)
+# the environment as given: each engine's process starts from it
 ENV = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
 
 NETS = {
@@ -72,11 +75,15 @@ def timed(step, count: int, warmup: int = 3) -> float:
     return statistics.median(times)
 
 
-def run_cnndsl(net: str, mode: str) -> dict:
-    # cnndsl first, as the CLI does: its thread defaults (cnndsl/__init__.py) must be in the
-    # environment before numpy loads OpenBLAS
-    import cnndsl  # isort: skip
-    import numpy as np  # isort: skip
+def run_cnndsl(net: str, mode: str, import_order: str) -> dict:
+    import importlib
+
+    first, second = ("numpy", "cnndsl") if import_order == "numpy" else ("cnndsl", "numpy")
+    importlib.import_module(first)  # (a user's script imports numpy first)
+    importlib.import_module(second)
+    import numpy as np
+
+    import cnndsl
     from cnndsl.optim import SGD
 
     start = time.perf_counter()
@@ -134,8 +141,9 @@ def run_torch(net: str, mode: str, layout: str) -> dict:
     return {"images_per_s": batch / seconds, "rss_growth_mb": peak_rss_mb() - base}
 
 
-def measure(engine: str, net: str, mode: str, layout: str = "") -> dict | None:
-    command = [sys.executable, __file__, "--one", engine, net, mode, layout]
+def measure(engine: str, net: str, mode: str, layout: str = "",
+            import_order: str = "numpy") -> dict | None:
+    command = [sys.executable, __file__, "--one", engine, net, mode, layout, import_order]
     result = subprocess.run(command, capture_output=True, text=True, env=ENV, check=False)
     if result.returncode != 0:
         print(f"  ({engine} {net} {mode} {layout} failed: {result.stderr.strip()[-300:]})")
@@ -143,7 +151,7 @@ def measure(engine: str, net: str, mode: str, layout: str = "") -> dict | None:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def main(nets) -> None:
+def main(nets, import_order: str = "numpy") -> None:
     import cnndsl
 
     try:
@@ -160,7 +168,7 @@ def main(nets) -> None:
         graph = cnndsl.check_text(NETS[net])
         forward_macs = sum(n["macs"] for n in graph.nodes.values())  # per image
         for mode in ("train", "infer"):
-            ours = measure("cnndsl", net, mode)
+            ours = measure("cnndsl", net, mode, import_order=import_order)
             nchw = measure("torch", net, mode, "nchw") if have_torch else None
             cl = measure("torch", net, mode, "channels_last") if have_torch else None
             best = max((r for r in (nchw, cl) if r), key=lambda r: r["images_per_s"],
@@ -176,16 +184,36 @@ def main(nets) -> None:
                   f"{gflops:8.1f} {ours['rss_growth_mb']:9.0f} "
                   f"{best['rss_growth_mb'] if best else float('nan'):8.0f} "
                   f"{ours['first_call_s']:7.2f}s")
-    print("ratio = cnndsl / PyTorch's faster layout; MB = peak RSS growth during the run; "
+    print(f"cnndsl processes imported {import_order} first; "
+          "ratio = cnndsl / PyTorch's faster layout; MB = peak RSS growth during the run; "
           "1st call = compile + first forward in a fresh process (numba cache warm); "
           "numpy float32 matmul (4096²) reaches ≈470 GFLOP/s here with OpenBLAS's SkylakeX "
           "kernels")
 
 
+def parse_arguments(argv):
+    import argparse
+
+    parser = argparse.ArgumentParser(description="cnndsl vs PyTorch training and inference "
+                                     "throughput (see the module docstring)")
+    parser.add_argument("nets", nargs="*", metavar="NET",
+                        help=f"nets to measure, of {', '.join(NETS)} (default: all)")
+    parser.add_argument("--import-order", choices=("numpy", "cnndsl"), default="numpy",
+                        help="which the cnndsl processes import first (default: numpy, as "
+                        "users do)")
+    arguments = parser.parse_args(argv)
+    unknown = [net for net in arguments.nets if net not in NETS]
+    if unknown:
+        parser.error(f"unknown net {unknown[0]!r} (choose from {', '.join(NETS)})")
+    return arguments
+
+
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--one":
-        engine, net, mode, layout = sys.argv[2:6]
-        out = run_cnndsl(net, mode) if engine == "cnndsl" else run_torch(net, mode, layout)
+        engine, net, mode, layout, order = sys.argv[2:7]
+        out = (run_cnndsl(net, mode, order) if engine == "cnndsl"
+               else run_torch(net, mode, layout))
         print(json.dumps(out))
     else:
-        main(sys.argv[1:] or list(NETS))
+        arguments = parse_arguments(sys.argv[1:])
+        main(arguments.nets or list(NETS), arguments.import_order)

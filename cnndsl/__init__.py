@@ -8,21 +8,8 @@ Jupyter). Also `cnndsl.datasets.load(spec)` and `cnndsl.callbacks`.
 
 from __future__ import annotations
 
-import os
-
-# Numba's OpenMP threads and OpenBLAS's threads take turns on few cores; spinning OpenMP
-# workers starve the BLAS calls between kernels (4.7x slower conv training measured on
-# 2 cores). Must be set before the OpenMP runtime starts, i.e. before the first kernel.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-# ...but a short spin (≈10k iterations) before sleeping saves a futex wake-up between
-# back-to-back kernels (net A training 7.0 -> 6.0 ms/step); GOMP_SPINCOUNT wins over the
-# policy's spin count in libgomp.
-os.environ.setdefault("GOMP_SPINCOUNT", "10000")
-# OpenBLAS's idle workers spin 2^28 cycles (~0.1 s) after each GEMM, on the cores Numba's
-# kernels need next: 2^10 cycles halves conv training time here (net B 128 -> 47 ms/step).
-# Read when numpy loads OpenBLAS: effective only if cnndsl is imported before numpy.
-os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "10")
-
+# Nothing here changes the process (no environment variables, no thread settings): threads
+# and BLAS are configured at run time, around cnndsl's own work (cnndsl.threads).
 from cnndsl.errors import CnnDslError, ShapeError
 from cnndsl.frontend import check_text
 from cnndsl.ir import build_ir

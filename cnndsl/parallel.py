@@ -23,6 +23,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import ExitStack
 
+from cnndsl import threads
+
 #: a shard smaller than this is not worth a thread hand-off
 MIN_SHARD = 8
 #: forward multiply-accumulates per image up to which a network counts as small: it is not
@@ -36,8 +38,6 @@ SMALL_NET_MACS = 2_000_000
 _lock = threading.Lock()
 _pool: ThreadPoolExecutor | None = None
 _pool_size = 0
-_blas = None
-_kernel_blas_pinned = False
 
 
 def thread_count() -> int:
@@ -54,14 +54,9 @@ def thread_count() -> int:
 def _threadsafe_layer() -> bool:
     """OpenMP and TBB may run parallel kernels from several threads at once, Numba's own
     'workqueue' layer may not. Which layer runs is known once the layer has started, so it
-    is started first if it has not (every step of a process is then cut the same way)."""
-    import numba
-
-    try:
-        return numba.threading_layer() != "workqueue"
-    except ValueError:  # not started yet
-        numba.get_num_threads()  # starts it (and compiles nothing, unlike running a kernel)
-        return numba.threading_layer() != "workqueue"
+    is started first if it has not (every step of a process is then cut the same way), as
+    cnndsl.threads configures it."""
+    return threads.start_numba_threads() != "workqueue"
 
 
 def shard_bounds(n: int, count: int) -> list[tuple[int, int]]:
@@ -161,17 +156,13 @@ def run_sharded(tasks: list[Callable[[], object]], one_blas_thread: bool = False
     single task runs as it is, with one BLAS thread if `one_blas_thread` and one Numba
     thread if `one_numba_thread` (a model that cuts its batches: a batch too small to cut
     then runs the same serial kernels as the shards, see cnndsl.kernels.jit, and never
-    makes a first run compile a second set)."""
-    import numba
-
+    makes a first run compile a second set). The kernels' own BLAS always runs on one
+    thread. Thread counts are set for the call only (cnndsl.threads) and restored after."""
     if len(tasks) == 1:
         with ExitStack() as stack:
+            stack.enter_context(threads.one_blas_thread(everywhere=one_blas_thread))
             if one_numba_thread:
-                previous = numba.get_num_threads()
-                numba.set_num_threads(1)
-                stack.callback(numba.set_num_threads, previous)
-            if one_blas_thread:
-                stack.enter_context(_blas_controller().limit(limits=1))
+                stack.enter_context(threads.numba_threads(1))
             return [tasks[0]()]
 
     def guarded(task):
@@ -183,20 +174,18 @@ def run_sharded(tasks: list[Callable[[], object]], one_blas_thread: bool = False
             raise
 
     pool = _workers(len(tasks) - 1)
-    with _blas_controller().limit(limits=1):
+    with threads.one_blas_thread(everywhere=True):
         # each worker runs in a copy of this thread's context (context variables: NumPy's
         # error state, cnndsl.kernels.jit's tracer), as the first task does here
         futures = [pool.submit(contextvars.copy_context().run, guarded, task)
                    for task in tasks[1:]]
-        previous = numba.get_num_threads()
-        numba.set_num_threads(1)
         first_error = None
         try:
-            first = guarded(tasks[0])
+            with threads.numba_threads(1):
+                first = guarded(tasks[0])
         except BaseException as error:  # noqa: BLE001 (re-raised below once the workers end)
             first_error = error
         finally:
-            numba.set_num_threads(previous)
             wait(futures)
         errors = [first_error] + [future.exception() for future in futures]
         raised = [e for e in errors if e is not None]
@@ -221,37 +210,13 @@ def _workers(count: int) -> ThreadPoolExecutor:
 def _one_numba_thread() -> None:
     import numba
 
-    numba.set_num_threads(1)  # per thread: this worker's kernels run serially
+    threads.start_numba_threads()
+    numba.set_num_threads(1)  # per thread, and this thread is ours: its kernels run serially
 
 
 def pin_kernel_blas() -> None:
-    """One thread for the BLAS that `np.dot` calls inside Numba kernels (SciPy's: Numba
-    reaches BLAS through scipy.linalg.cython_blas). Those calls run inside our own parallel
-    regions, one per thread; BLAS threads of their own would only fight them. In the wheels
-    NumPy's BLAS is a separate library and keeps its threads."""
-    global _kernel_blas_pinned
-    if _kernel_blas_pinned:
-        return
-    _kernel_blas_pinned = True
-    import os
-
-    import scipy
-    import scipy.linalg.cython_blas  # (loads the library)
-    from threadpoolctl import ThreadpoolController
-
-    scipy_dir = os.path.dirname(os.path.abspath(scipy.__file__))
-    for lib in ThreadpoolController().select(user_api="blas").lib_controllers:
-        if os.path.abspath(lib.filepath).startswith(scipy_dir):  # scipy/ or scipy.libs/
-            lib.set_num_threads(1)
-
-
-def _blas_controller():
-    """threadpoolctl's handle on the loaded BLAS libraries, found once (finding is slow);
-    after the kernels' BLAS is pinned, so that a limit's end restores its one thread."""
-    global _blas
-    if _blas is None:
-        pin_kernel_blas()
-        from threadpoolctl import ThreadpoolController
-
-        _blas = ThreadpoolController().select(user_api="blas")
-    return _blas
+    """Called by the kernels before they ask Numba for its thread count: starts Numba's
+    threading layer as cnndsl.threads configures it, if nothing has started it. It pins
+    nothing for the whole process any more: the kernels' BLAS runs on one thread during
+    every model step (`run_sharded`), and has the user's own thread count otherwise."""
+    threads.start_numba_threads()

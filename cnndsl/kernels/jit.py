@@ -11,6 +11,9 @@ A `prange` kernel is compiled on first use, once per signature, and cached on di
   the blocked conv kernels: forward 6.7 -> 2.9 s, backward 8.3 -> 3.2 s of CPU here) and
   runs as fast.
 
+Asking Numba for its thread count starts its threading layer: the first kernel call
+starts it through cnndsl.threads, which configures it (not `import`).
+
 A network uses one of the two sets (cnndsl.model decides per model, not per batch), so a
 first run compiles only that one. Kernels take arrays and scalars only, write their results
 into arrays they are given and return nothing; that is what lets `cnndsl.warmup` trace which
@@ -26,6 +29,8 @@ from contextvars import ContextVar
 
 import numba
 from numba import njit
+
+from cnndsl import threads
 
 #: every Kernel defined so far (for tests)
 KERNELS: list[Kernel] = []
@@ -66,6 +71,8 @@ class Kernel:
 
     def variant(self):
         """The dispatcher a call from this thread runs now."""
+        if not threads.numba_started():  # the first kernel of the process configures them
+            threads.start_numba_threads()
         return self.serial if numba.get_num_threads() == 1 else self.parallel
 
     def __call__(self, *args) -> None:
@@ -73,7 +80,7 @@ class Kernel:
         if tracer is not None:
             tracer(self, args)
             return
-        (self.serial if numba.get_num_threads() == 1 else self.parallel)(*args)
+        self.variant()(*args)
 
     def __repr__(self) -> str:
         return f"<kernel {self.name}>"

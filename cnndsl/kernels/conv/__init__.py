@@ -23,9 +23,10 @@ largest block seen and are reused by later calls; `clear_scratch()` releases the
 thread's.
 
 Threads: Numba's pool and OpenBLAS's take turns on the same cores. With their default
-busy-waiting each slows the other 2x or more; `import cnndsl` sets OMP_WAIT_POLICY=PASSIVE,
-GOMP_SPINCOUNT and OPENBLAS_THREAD_TIMEOUT defaults, which work only if it runs before numpy
-loads OpenBLAS and before the first kernel starts OpenMP.
+busy-waiting each slows the other 2x or more. cnndsl.threads configures both at run time:
+OpenMP's passive waiting when cnndsl's first kernel starts Numba's threading layer, and
+BLAS held at one thread where Numba's threads do the work (the blocked kernels hold the
+kernels' BLAS themselves, so a direct call outside a model step never nests two pools).
 
 Kernels are named `conv.<function>` (`cnndsl.warmup` reports them so) whichever module
 defines them. Numba's disk cache checks only the file of the function it compiled, not the

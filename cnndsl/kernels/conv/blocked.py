@@ -2,7 +2,9 @@
 
 Convs with few patch bytes per image (the small layers of small networks, `is_blocked`) run
 here: each thread takes a run of images and, block by block, does im2col, its GEMMs
-(`np.dot` inside Numba, on SciPy's BLAS pinned to one thread) and bias/ReLU — or the ReLU
+(`np.dot` inside Numba, on SciPy's BLAS held at one thread while the kernel runs: a
+multi-threaded BLAS inside Numba's parallel region would nest two thread pools, which
+OpenBLAS warns "may hang") and bias/ReLU — or the ReLU
 mask, dW, db and col2im. Hand-offs between Numba's and OpenBLAS's thread pools, twice per
 kernel otherwise, cost more than the arithmetic in such layers (net A of
 benchmarks/bench_train.py: 3.7 -> 2.8 ms per training step). Larger convs take the
@@ -26,6 +28,7 @@ from cnndsl.kernels.conv import common
 from cnndsl.kernels.conv.common import U, _buffer, _c, kernel
 from cnndsl.kernels.conv.im2col import _col2im_rows, _im2col_rows, _matrix, _unmatrix
 from cnndsl.parallel import pin_kernel_blas
+from cnndsl.threads import one_blas_thread
 
 
 class BlockPlan(NamedTuple):
@@ -91,7 +94,8 @@ def blocked_forward(x, w, b, groups, relu, geometry, keep, y2) -> None:
     if not whole:
         cols = _buffer("patches", (plan.nchunk, ng, plan.per_block * math.prod(geometry.out),
                                    kg), x.dtype)
-    _conv_blocks_forward(x, w2t, bias, relu, y2, cols, whole, plan, geometry)
+    with one_blas_thread(everywhere=False):  # also when called outside a model step
+        _conv_blocks_forward(x, w2t, bias, relu, y2, cols, whole, plan, geometry)
 
 
 def blocked_backward(x, w, dy, groups, geometry, need_dx, y, keep):
@@ -113,9 +117,10 @@ def blocked_backward(x, w, dy, groups, geometry, need_dx, y, keep):
     db_part = np.zeros((plan.nchunk, f))
     dy2 = dy.reshape(-1, f)
     y2 = dy2 if y is None else _c(y, x.dtype).reshape(-1, f)
-    _conv_blocks_backward(x, w2, dy2, y2, y is not None, dx, need_dx, cols, whole,
-                          _buffer("dy", (plan.nchunk, rows, f), x.dtype), dcols, dwt_part,
-                          db_part, plan, geometry)
+    with one_blas_thread(everywhere=False):
+        _conv_blocks_backward(x, w2, dy2, y2, y is not None, dx, need_dx, cols, whole,
+                              _buffer("dy", (plan.nchunk, rows, f), x.dtype), dcols, dwt_part,
+                              db_part, plan, geometry)
     dw = _unmatrix(dwt_part.sum(axis=0).transpose(0, 2, 1), w.shape)
     return (dx if need_dx else None), dw, db_part.sum(axis=0).astype(x.dtype)
 
