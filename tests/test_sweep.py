@@ -57,6 +57,19 @@ def wait_for_a_finished_trial(process, folder) -> None:
             continue
 
 
+def stop_after_a_finished_trial(tmp_path, signum):
+    """Start the four-trial sweep of ONE_AT_A_TIME in tmp_path and send `signum` to its
+    process group (the sweep and its Ray, as a terminal's Ctrl-C reaches them all) once a
+    trial has finished; (process, stdout, stderr) after it ended."""
+    pytest.importorskip("ray.tune")
+    (tmp_path / "family.cnn").write_text(NETWORK)
+    process = sweep(tmp_path, *ONE_AT_A_TIME, wait=False)
+    wait_for_a_finished_trial(process, tmp_path / "out")
+    os.killpg(process.pid, signum)
+    out, err = process.communicate(timeout=120)
+    return process, out, err
+
+
 def entries(folder) -> dict:
     document = json.loads((folder / "results.json").read_text())
     return {entry["trial"]: entry for entry in document["trials"]}
@@ -241,14 +254,8 @@ def _check_best_weights(folder, best, limit):
 @needs_ray
 @needs_data
 def test_a_killed_sweep_resumed_runs_only_the_missing_trials(tmp_path):
-    pytest.importorskip("ray.tune")
-    (tmp_path / "family.cnn").write_text(NETWORK)
-    argv = ONE_AT_A_TIME
-    process = sweep(tmp_path, *argv, wait=False)
     folder = tmp_path / "out"
-    wait_for_a_finished_trial(process, folder)
-    os.killpg(process.pid, signal.SIGKILL)  # the sweep and its Ray, at once
-    process.communicate(timeout=60)
+    stop_after_a_finished_trial(tmp_path, signal.SIGKILL)  # the sweep and its Ray, at once
     before = entries(folder)
     finished = [n for n, e in before.items() if e["status"] == "done"]
     assert finished and len(finished) < 4, before
@@ -269,14 +276,8 @@ def test_a_killed_sweep_resumed_runs_only_the_missing_trials(tmp_path):
 @needs_ray
 @needs_data
 def test_ctrl_c_keeps_finished_trials_and_resume_refuses_other_flags(tmp_path):
-    pytest.importorskip("ray.tune")
-    (tmp_path / "family.cnn").write_text(NETWORK)
-    argv = ONE_AT_A_TIME
-    process = sweep(tmp_path, *argv, wait=False)
     folder = tmp_path / "out"
-    wait_for_a_finished_trial(process, folder)
-    os.killpg(process.pid, signal.SIGINT)  # Ctrl-C reaches the terminal's whole group
-    out, err = process.communicate(timeout=120)
+    process, out, err = stop_after_a_finished_trial(tmp_path, signal.SIGINT)  # as Ctrl-C
     assert process.returncode == 130, err
     assert "interrupted:" in err and "--resume" in err and "Traceback" not in err
     statuses = [e["status"] for e in entries(folder).values()]
@@ -285,5 +286,5 @@ def test_ctrl_c_keeps_finished_trials_and_resume_refuses_other_flags(tmp_path):
 
     code, _, err = sweep(tmp_path, "family.cnn", "-o", "out", "--resume", "--epochs", "2")
     assert code == 1 and "differs from the one in 'out': --epochs 2 (saved: 1)" in err
-    code, _, err = sweep(tmp_path, *argv)
+    code, _, err = sweep(tmp_path, *ONE_AT_A_TIME)
     assert code == 1 and "holds a sweep" in err and "--resume continues it" in err
