@@ -182,6 +182,25 @@ def test_usage_errors(tmp_path, monkeypatch, capsys, argv, message):
     assert not (tmp_path / "family.sweep").exists()
 
 
+def test_overwrite_removes_the_previous_sweeps_files_only_when_it_starts(tmp_path,
+                                                                      monkeypatch):
+    from cnndsl.cli import main
+    from cnndsl.commands.sweep import OUTPUTS, _clear
+
+    (tmp_path / "family.cnn").write_text(NETWORK)
+    old = tmp_path / "family.sweep"
+    (old / "trials").mkdir(parents=True)
+    for name in ("results.json", "results.csv", "pareto.png", "best.npz", "notes.txt"):
+        (old / name).write_text("the previous sweep's")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit):  # a usage error: nothing of the old sweep is removed
+        main(["sweep", "family.cnn", "--overwrite", "--grid", "q=1"])
+    assert (old / "best.npz").exists() and (old / "trials").is_dir()
+    _clear(old, own_storage=True)  # what a new sweep does before its first trial
+    assert sorted(p.name for p in old.iterdir()) == ["notes.txt"]  # the user's file stays
+    assert set(OUTPUTS) >= {"results.json", "best.npz", "trials"}
+
+
 # ---- on Ray Tune ---------------------------------------------------------------------------
 
 needs_ray = pytest.mark.skipif(

@@ -109,18 +109,15 @@ def run_sweep(args, context: dict) -> int:
               "--overwrite starts afresh, -o names another folder", file=sys.stderr)
         return 1
 
-    spec = _spec(args, text, cli)
+    given = _given(args, text, cli)
     if args.resume:
         record = SweepRecord.load(out)
-        check_spec(record.spec, {k: v for k, v in spec["given"].items()
-                                 if k != "file_sha256"}, out)
-        spec = {**record.spec, "given": spec["given"]}
+        check_spec(record.spec, {k: v for k, v in given.items() if k != "file_sha256"}, out)
+        spec = dict(record.spec)
+        if spec.get("file_sha256") != given["file_sha256"]:
+            raise _changed_file(args.file, out)
     else:
-        spec = {**SPEC_DEFAULTS, "settings": {}, "set": {}, **spec["given"],
-                "given": spec["given"]}
-    spec.pop("given")
-    if spec.get("file_sha256") != _sha(text):  # only when resuming can it differ
-        raise _changed_file(args.file, out)
+        spec = {**SPEC_DEFAULTS, "settings": {}, "set": {}, **given}
 
     try:
         grids = [space.parse_grid(g) for g in spec["grid"]]
@@ -136,18 +133,34 @@ def run_sweep(args, context: dict) -> int:
     return _sweep(args, text, out, spec, candidates, record if args.resume else None)
 
 
-def _spec(args, text: str, cli) -> dict:
-    """The sweep's flags as given (`given`: what --resume compares with the saved sweep)."""
+def _given(args, text: str, cli) -> dict:
+    """The sweep's flags as given (what --resume compares with the saved sweep), and the
+    file's text as a hash."""
     given = {name: getattr(args, name) for name in SPEC_FLAGS
-             if getattr(args, name) not in (None, [], 0) or
-             (name == "random" and args.random != 0)}
+             if getattr(args, name) not in (None, [], 0)}
     settings = cli.setting_flags(args)
     if settings:
         given["settings"] = settings
     if args.bindings:
         given["set"] = dict(args.bindings)
     given["file_sha256"] = _sha(text)
-    return {"given": given}
+    return given
+
+
+#: what a sweep writes in its folder (an --overwrite removes them first, so no result,
+#: plot or weights file of the previous sweep is left to be taken for this one's)
+OUTPUTS = ("results.json", "results.csv", "pareto.png", "best.npz", "trials")
+
+
+def _clear(out: Path, own_storage: bool) -> None:
+    import shutil
+
+    for name in OUTPUTS + (("ray",) if own_storage else ()):
+        path = out / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
 
 
 def _sha(text: str) -> str:
@@ -190,7 +203,8 @@ def _sweep(args, text: str, out: Path, spec: dict, candidates, record) -> int:
     dataset, data_bindings = _dataset(spec, candidates)
     space.check_candidates(candidates, text, args.file, spec["set"], spec["settings"],
                            data_bindings, fits=_fits(dataset))
-    if record is None:
+    if record is None:  # a new sweep (--overwrite: the previous one's files go first)
+        _clear(out, own_storage=not args.storage)
         record = SweepRecord(out, {**spec, "file": args.file}, spec["metric"])
     record.add_candidates(candidates)
     record.save()
