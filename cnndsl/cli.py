@@ -717,7 +717,7 @@ def _training_data(request: dict, config, model, dataset=None) -> tuple:
     unless given) checked against `model`, `--limit` applied to the training and the test
     images (seeded, as `cnndsl.datasets.load(limit=)` does), the validation part held out."""
     from cnndsl.data import check_against, fingerprint, load_dataset, split_validation
-    from cnndsl.datasets import seeded_subset
+    from cnndsl.datasets import limited
 
     dataset = dataset if dataset is not None else load_dataset(request["data"])
     warnings = check_against(dataset, model.input_shape, model.output_shape)
@@ -726,8 +726,8 @@ def _training_data(request: dict, config, model, dataset=None) -> tuple:
     note = ""
     limit = request["limit"]
     if limit:
-        x_train, y_train = seeded_subset(x_train, y_train, limit, config.seed)
-        x_test, y_test = seeded_subset(x_test, y_test, limit, config.seed + 1)
+        x_train, y_train, x_test, y_test = limited(x_train, y_train, x_test, y_test, limit,
+                                                   config.seed)
         note = f" (--limit {limit}: {len(x_train):,} training, {len(x_test):,} test images)"
     splits = (*split_validation(x_train, y_train, config.val, config.seed), x_test, y_test)
     data = _TrainingData(dataset, warnings, fingerprint(*splits))

@@ -39,10 +39,19 @@ def load(spec: str | os.PathLike = "fashion-mnist", limit: int | None = None,
                               or limit < 0):
         raise ValueError(f"limit must be 0 (all) or a number of images, got {limit!r}")
     loaded = _data.load_dataset(spec)
-    x_train, y_train = seeded_subset(loaded.x_train, loaded.y_train, limit, seed)
-    x_test, y_test = seeded_subset(loaded.x_test, loaded.y_test, limit, seed + 1)
+    x_train, y_train, x_test, y_test = limited(loaded.x_train, loaded.y_train, loaded.x_test,
+                                               loaded.y_test, limit, seed)
     return Dataset(x_train, y_train, x_test, y_test, loaded.classes, loaded.source,
                    loaded.name, loaded.notes, spec=os.fspath(spec), limit=limit or None)
+
+
+def limited(x_train, y_train, x_test, y_test, limit: int | None, seed: int) -> tuple:
+    """(x_train, y_train, x_test, y_test) cut to a seeded random `limit` each (`limit`
+    None or 0: all): the training images drawn with `seed`, the test images with seed + 1.
+    The one `--limit` rule of `load(limit=)`, `cnndsl train` and `cnndsl sweep`."""
+    x_train, y_train = seeded_subset(x_train, y_train, limit, seed)
+    x_test, y_test = seeded_subset(x_test, y_test, limit, seed + 1)
+    return x_train, y_train, x_test, y_test
 
 
 def seeded_subset(x: np.ndarray, y: np.ndarray, limit: int | None, seed: int):

@@ -237,7 +237,7 @@ def _run(args, job, dataset, todo, record, spec, candidates) -> None:
     from cnndsl.sweep import trials
     from cnndsl.train import progress_bar, progress_shown
 
-    epochs = _epochs(job, todo)
+    epochs = todo[0].epochs  # the same for all (--epochs, else the file's): not swept
     bar = progress_bar(len(todo), "trials", "trial") if progress_shown(
         False if args.no_progress else None) else None
     labels = {c.number: c.label for c in candidates}
@@ -270,19 +270,9 @@ def _run(args, job, dataset, todo, record, spec, candidates) -> None:
             bar.close()
 
 
-def _epochs(job, todo) -> int:
-    """The epochs each trial runs (the same for all: the flag, else the file's)."""
-    from cnndsl.sweep.space import build
-
-    first = todo[0]
-    _, config = build(job.text, job.path, {**job.fixed, **first.bindings},
-                      {**job.settings, **first.settings}, job.data_bindings)
-    return config.epochs
-
-
 def _report(record, out: Path, total: int) -> int:
     from cnndsl.sweep.results import format_table, write_pareto
-    from cnndsl.sweep.space import show_value
+    from cnndsl.sweep.space import values_label
 
     print()
     print(format_table(record))
@@ -296,9 +286,8 @@ def _report(record, out: Path, total: int) -> int:
     if best is not None:
         entry = record.best()
         written.append(best)
-        print(f"\nbest: trial #{entry['trial']} " + " ".join(
-            f"{k}={show_value(v)}" for k, v in entry["values"].items()) + f" -> {best} (cnndsl eval "
-            f"--weights {best})")
+        print(f"\nbest: trial #{entry['trial']} {values_label(entry['values'])} -> {best} "
+              f"(cnndsl eval --weights {best})")
     print("wrote " + ", ".join(str(p) for p in written))
     if missing:
         interrupted = any(e["status"] == "not run" for e in missing)
@@ -323,15 +312,12 @@ def _dataset(spec: dict, candidates):
     """The dataset (the --limit subset seeded by the sweep's seed, the same for every
     trial) and the bindings it gives ({"classes": K})."""
     from cnndsl.data import load_dataset
-    from cnndsl.datasets import seeded_subset
+    from cnndsl.datasets import limited
 
     dataset = load_dataset(spec["data"])
-    seed = spec["settings"].get("seed", 0)
-    if spec["limit"]:
-        dataset.x_train, dataset.y_train = seeded_subset(dataset.x_train, dataset.y_train,
-                                                         spec["limit"], seed)
-        dataset.x_test, dataset.y_test = seeded_subset(dataset.x_test, dataset.y_test,
-                                                       spec["limit"], seed + 1)
+    dataset.x_train, dataset.y_train, dataset.x_test, dataset.y_test = limited(
+        dataset.x_train, dataset.y_train, dataset.x_test, dataset.y_test, spec["limit"],
+        spec["settings"].get("seed", 0))
     return dataset, {"classes": len(dataset.classes)}
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from cnndsl.checkpoint import CheckpointError, write_atomically
 from cnndsl.errors import CnnDslError
-from cnndsl.sweep.space import Candidate, show_value
+from cnndsl.sweep.space import Candidate, show_value, values_label
 
 FORMAT = "cnndsl-sweep-1"
 FINISHED = ("done", "stopped early", "infeasible")
@@ -248,7 +248,7 @@ def write_pareto(record: SweepRecord, path: Path) -> bool:
 
 def _point_label(entry: dict) -> str:
     """'#3 k=2 n=0': the trial and its values while short, else the trial alone."""
-    values = " ".join(f"{k}={show_value(v)}" for k, v in entry["values"].items())
+    values = values_label(entry["values"])
     return f"#{entry['trial']} {values}" if len(values) <= 24 else f"#{entry['trial']}"
 
 

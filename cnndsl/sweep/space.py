@@ -14,7 +14,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from cnndsl.errors import CnnDslError, did_you_mean
 from cnndsl.trainconfig import KINDS as SETTINGS
@@ -42,8 +42,8 @@ class Range:
 @dataclass
 class Candidate:
     """One point of the sweep: `values` by name in flag order, split into the network's
-    `bindings` and the training `settings`; `params`/`macs` once it checked, `error` (the
-    located report) when it did not."""
+    `bindings` and the training `settings`; `params`, `macs` and the `epochs` it trains
+    once it checked, `error` (the located report) when it did not."""
 
     number: int
     values: dict
@@ -52,7 +52,7 @@ class Candidate:
     params: int | None = None
     macs: int | None = None
     error: str | None = None
-    extra: dict = field(default_factory=dict)
+    epochs: int | None = None
 
     @property
     def key(self) -> str:
@@ -61,11 +61,16 @@ class Candidate:
 
     @property
     def label(self) -> str:
-        return " ".join(f"{name}={show_value(value)}" for name, value in self.values.items())
+        return values_label(self.values)
 
     @property
     def feasible(self) -> bool:
         return self.error is None
+
+
+def values_label(values: dict) -> str:
+    """`k=2 lr=0.001`: a candidate's values as the table, the plot and the log name it."""
+    return " ".join(f"{name}={show_value(value)}" for name, value in values.items())
 
 
 def show_value(value) -> str:
@@ -265,3 +270,4 @@ def check_candidates(items: list[Candidate], text: str, path: str, fixed: dict,
             candidate.error = f"{path}: {misfit}"
             continue
         candidate.params, candidate.macs = totals(graph)
+        candidate.epochs = config.epochs
