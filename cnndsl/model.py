@@ -128,21 +128,40 @@ class Model:
         read only by a layer of that activation, computes it itself
         (geometry["activation"]); the activation layer becomes a pass-through
         (`fused_into` names the layer computing it). Saves a pass over the activations
-        each way and one activation-sized array."""
+        each way and one activation-sized array.
+
+        First, an activation read only by a pool whose op lists it in
+        `fusable_input_activations` is taken by that pool (geometry["input_activation"]:
+        a max pool computes max(ReLU(x)) as ReLU(max(x)) in its own pass, and the layer
+        before then keeps no ReLU mask), as cnndsl.plan's steps do."""
         index = {layer.name: i for i, layer in enumerate(layers)}
+        readers = {layer.name: [] for layer in layers}
+        for i, layer in enumerate(layers):
+            for source in layer.inputs:
+                if source in readers:
+                    readers[source].append(i)
         for i, layer in enumerate(layers):
             kind = getattr(layer.kind, "activation", None)
             if kind is None or len(layer.inputs) != 1 or layer.inputs[0] not in index:
+                continue
+            reader = readers[layer.name]
+            if (len(reader) == 1 and layer.name not in (self.logits_name, self.output_name)
+                    and kind in getattr(layers[reader[0]].kind,
+                                        "fusable_input_activations", ())):
+                pool = layers[reader[0]]
+                layers[reader[0]] = dataclasses.replace(pool, geometry=frozen_geometry(
+                    {**(pool.geometry or {}), "input_activation": kind}))
+                layers[i] = dataclasses.replace(layer, fused_into=pool.name)
                 continue
             source = layer.inputs[0]
             j = index[source]
             producer = layers[j]
             if (kind not in getattr(producer.kind, "fusable_activations", ())
                     or self._consumers[source] != 1 or source == self.logits_name
-                    or producer.geometry is None or "activation" in producer.geometry):
+                    or "activation" in (producer.geometry or {})):
                 continue
             layers[j] = dataclasses.replace(producer, geometry=frozen_geometry(
-                {**producer.geometry, "activation": kind}))
+                {**(producer.geometry or {}), "activation": kind}))
             layers[i] = dataclasses.replace(layer, fused_into=source)
 
     def sandbox(self) -> Model:

@@ -123,7 +123,7 @@ def test_checker_catches_a_planner_that_reuses_a_gap_too_small(monkeypatch):
 
 def test_checker_catches_a_buffer_freed_too_early(monkeypatch):
     """A liveness bug (the conv's saved input freed after the forward) is caught too."""
-    graph = check_text("input 8x8x1\nConv(2, 3) -> ReLU -> MaxPool(2) -> FC(3)")
+    graph = check_text("input 8x8x1\nConv(2, 3) -> ReLU -> AvgPool(2) -> FC(3)")
     plan = lower(graph, BATCH, train=True)
     early = [plan_steps.Buffer(b.name, b.kind, b.shape, b.itemsize, b.first,
                                b.first if b.name == "relu1:kept" else b.last)
@@ -140,13 +140,22 @@ def _steps(text: str, train: bool):
     return lower(check_text(text), BATCH, train).forward_steps
 
 
-def test_conv_relu_maxpool_is_one_step_keeping_the_relu_output_in_training():
-    for train in (True, False):
-        first, *_ = _steps("input 8x8x3\nConv(4, 3) -> ReLU -> MaxPool(2) -> FC(2)", train)
-        assert isinstance(first, ConvStep)
-        assert first.layers == ("conv1", "relu1", "maxpool1")
-        assert first.epilogue == ("bias", "relu", "maxpool")
-        assert first.kept == (("relu1",) if train else ())
+def test_conv_relu_pool_is_one_step_keeping_the_relu_output_only_for_an_avgpool():
+    """A max pool takes the ReLU on its input (max commutes with ReLU) and keeps its own
+    output for the mask; an average pool does not, so the ReLU's output is kept."""
+    for pool, kept in (("MaxPool", ()), ("AvgPool", ("relu1",))):
+        for train in (True, False):
+            first, *_ = _steps(f"input 8x8x3\nConv(4, 3) -> ReLU -> {pool}(2) -> FC(2)",
+                               train)
+            assert isinstance(first, ConvStep)
+            assert first.layers == ("conv1", "relu1", f"{pool.lower()}1")
+            assert first.epilogue == ("bias", "relu", pool.lower())
+            assert first.kept == (kept if train else ())
+    plan = lower(check_text("input 8x8x3\nConv(4, 3) -> ReLU -> MaxPool(2) -> FC(2)"),
+                 BATCH, True)
+    pooled = plan.buffer("maxpool1")  # read by the step's backward (the ReLU mask)
+    assert pooled.last == next(s.index for s in plan.steps
+                               if isinstance(s, BackwardStep) and s.forward == 0)
 
 
 def test_a_value_read_twice_is_not_fused_into_its_readers():
@@ -225,8 +234,8 @@ def test_check_plan_prints_steps_arena_and_peaks(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "plan of a training step at batch 32: 2 forward steps, loss, 2 backward steps" \
         in out
-    assert re.search(r"^ +1  conv +conv1\+relu1\+maxpool1  4x4x4 +[0-9,]+  relu1@", out,
-                     re.MULTILINE)
+    assert re.search(r"^ +1  conv +conv1\+relu1\+maxpool1  4x4x4 +[0-9,]+  maxpool1 argmax@",
+                     out, re.MULTILINE)
     assert re.search(r"^ +2  dense +fc1 +3 ", out, re.MULTILINE)
     assert "fused groups, inference: 1, covering 3 of 4 layers" in out
     # inference: the input (8 KB) and the pool's output (8 KB) are live at step 1; the

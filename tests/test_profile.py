@@ -58,11 +58,13 @@ def test_one_row_per_layer_with_fused_activations_marked():
     model, result = run_profile(FUSED)
     check_rows(model, result)
     rows = {layer.name: layer for layer in result.layers}
-    # the ReLU after the conv is folded into it; the one after an FC is not (FC fuses none)
-    assert rows["relu1"].fused_into == "conv1"
-    assert rows["relu1"].forward_ms is None and rows["relu1"].backward_ms is None
-    assert rows["relu1"].memory == 0
-    assert rows["relu2"].fused_into is None and rows["relu2"].backward_ms is not None
+    # the ReLU before the max pool is taken by the pool (on its input), the one after the
+    # FC by the FC (on its output)
+    assert rows["relu1"].fused_into == "maxpool1" and rows["relu2"].fused_into == "fc1"
+    for relu in ("relu1", "relu2"):
+        assert rows[relu].forward_ms is None and rows[relu].backward_ms is None
+        assert rows[relu].memory == 0
+    assert rows["fc2"].fused_into is None and rows["fc2"].backward_ms is not None
     # the loss is computed from the logits: the Softmax runs forward only
     assert rows["softmax1"].backward_ms is None
     assert rows["conv1"].op == "Conv(4, 3)" and rows["conv1"].shape == (12, 12, 4)
@@ -166,7 +168,8 @@ def test_cli_table(capsys):
     model = cnndsl.load(path, k=1)
     for name in layer_names(model):
         assert sum(line.split()[0] == name for line in lines if line.strip()) == 1, name
-    assert any(line.startswith("relu1") and line.endswith("fused into conv1") for line in lines)
+    assert any(line.startswith("relu1") and line.endswith("fused into maxpool1")
+               for line in lines)
     assert any(line.startswith("loss ") for line in lines)
     assert any(line.startswith("optimizer ") for line in lines)
     assert "of the measured step" in out and "measured step" in out

@@ -41,7 +41,9 @@ def _window(o, s, p0, k, n):
 
 
 @kernel
-def _maxpool_fwd(x, kd, kh, kw, sd, sh, sw, pd0, ph0, pw0, y, am):
+def _maxpool_fwd(x, kd, kh, kw, sd, sh, sw, pd0, ph0, pw0, relu, y, am):
+    """y = max over the window (argmax into am); `relu`: then max(y, 0) where the window
+    is not empty: the pool of ReLU(x) (ReLU commutes with max), in the same pass."""
     _, d_, h_, w_, c_ = x.shape
     n_, do, ho, wo, _ = y.shape
     # flat arrays and unsigned indices (U): no per-element wraparound test and no per-row
@@ -74,16 +76,22 @@ def _maxpool_fwd(x, kd, kh, kw, sd, sh, sw, pd0, ph0, pw0, y, am):
                             take = k < 0 or v > m or (math.isnan(v) and not math.isnan(m))
                             yf[yo + c] = v if take else m
                             af[yo + c] = idx if take else k
+        if relu:
+            for t in range(U(wo * c_)):
+                if af[y0 + t] >= 0 and yf[y0 + t] < 0:
+                    yf[y0 + t] = 0.0
 
 
 @kernel
-def _argmax_scatter(dy3, am3, cb, dx3):
-    """dx3: N×S×C = 0, then dx3[n, am3[n, o, c], c] += dy3[n, o, c]; prange over (n, C block).
-    Flat unsigned indices as in `_maxpool_fwd`."""
+def _argmax_scatter(dy3, am3, y3, masked, cb, dx3):
+    """dx3: N×S×C = 0, then dx3[n, am3[n, o, c], c] += dy3[n, o, c] (only where
+    y3[n, o, c] > 0 if `masked`: the backward of a pool that took a ReLU on its input);
+    prange over (n, C block). Flat unsigned indices as in `_maxpool_fwd`."""
     n_, so, c_ = dy3.shape
     s_ = dx3.shape[1]
     nb = (c_ + cb - 1) // cb
     dyf, amf, dxf = dy3.reshape(dy3.size), am3.reshape(am3.size), dx3.reshape(dx3.size)
+    yf = y3.reshape(y3.size)
     for t in prange(n_ * nb):
         n = t // nb
         c0 = (t % nb) * cb
@@ -96,7 +104,8 @@ def _argmax_scatter(dy3, am3, cb, dx3):
             src = U((n * so + o) * c_ + c0)
             for j in range(U(c1 - c0)):
                 i = amf[src + j]
-                if 0 <= i < s_:                  # -1: empty window; never write out of dx
+                # -1: empty window; never write out of dx
+                if 0 <= i < s_ and (not masked or yf[src + j] > 0):
                     dxf[U((n * s_ + i) * c_ + c0) + j] += dyf[src + j]
 
 
@@ -257,10 +266,12 @@ def _check_spatial(x_shape):
         raise ValueError("spatial size too large for int32 argmax")
 
 
-def maxpool_forward(x, kernel, stride, pad_before, pad_after, *, out=None):
+def maxpool_forward(x, kernel, stride, pad_before, pad_after, *, relu=False, out=None):
     """x: N×D×H×W×C -> (y: N×Do×Ho×Wo×C, argmax: int32 N×Do×Ho×Wo×C), see module docstring.
 
     Padding never wins; ties go to the first element in window order; `out=(y, argmax)`.
+    `relu`: the pool of ReLU(x), in the same pass (y = max(y, 0) where the window is not
+    empty; the argmax is then x's, which routes the same gradient: see maxpool_backward).
     """
     x = _x5(x)
     g, shape = _geometry(x.shape, kernel, stride, pad_before, pad_after)
@@ -268,16 +279,18 @@ def maxpool_forward(x, kernel, stride, pad_before, pad_after, *, out=None):
     yo, ao = (None, None) if out is None else out
     y = _buffer(yo, shape, x.dtype)
     am = _buffer(ao, shape, np.int32)
-    _maxpool_fwd(x, *g, y, am)
+    _maxpool_fwd(x, *g, relu, y, am)
     return y, am
 
 
-def maxpool_backward(dy, argmax, x_shape, *, out=None):
-    """dy, argmax: N×Do×Ho×Wo×C -> dx: x_shape (N×D×H×W×C), dy routed to the argmax."""
-    return _scatter_backward(dy, argmax, x_shape, out)
+def maxpool_backward(dy, argmax, x_shape, *, y=None, out=None):
+    """dy, argmax: N×Do×Ho×Wo×C -> dx: x_shape (N×D×H×W×C), dy routed to the argmax.
+    `y`: the output of a pool that took a ReLU on its input (maxpool_forward(relu=True)):
+    dy then passes only where y > 0 (the ReLU's backward at the winning element)."""
+    return _scatter_backward(dy, argmax, x_shape, out, y)
 
 
-def _scatter_backward(dy, argmax, x_shape, out):
+def _scatter_backward(dy, argmax, x_shape, out, y=None):
     dy = np.ascontiguousarray(dy)
     argmax = np.ascontiguousarray(argmax)
     if len(x_shape) != 5 or dy.shape != argmax.shape or dy.shape[0] != x_shape[0] or dy.shape[-1] != x_shape[-1]:
@@ -287,7 +300,10 @@ def _scatter_backward(dy, argmax, x_shape, out):
     # enough (sample, channel block) pairs to keep 2+ threads busy even for N = 1
     nb = min(c, max(1, -(-8 // n)))
     cb = -(-c // nb)
-    _argmax_scatter(dy.reshape(n, -1, c), argmax.reshape(n, -1, c), cb, dx.reshape(n, -1, c))
+    dy3 = dy.reshape(n, -1, c)
+    y3 = dy3 if y is None else np.ascontiguousarray(y).reshape(dy3.shape)
+    _argmax_scatter(dy3, argmax.reshape(n, -1, c), y3, y is not None, cb,
+                    dx.reshape(n, -1, c))
     return dx
 
 

@@ -169,6 +169,9 @@ class Conv(Op):
 
     #: the model may fold a following ReLU in: geometry then has "activation": "relu"
     fusable_activations = ("relu",)
+    #: an inference plan may fold a BatchNorm after it into its weight (whose first axis is
+    #: the output channel) and bias (cnndsl.plan.fusion.fold_batchnorm)
+    folds_batchnorm = True
 
     @staticmethod
     def forward(p, g, w, xs, ctx):
@@ -377,6 +380,8 @@ class DepthwiseConv(Op):
     Params = DepthwiseParams
     family = "conv"
     weight_layer = True
+    #: an inference plan may fold a BatchNorm after it (see Conv)
+    folds_batchnorm = True
 
     @staticmethod
     def shape(p, x):

@@ -105,17 +105,28 @@ class FC(Op):
     def macs(p, x, y):
         return sum(math.prod(s) for s in FC.param_shapes(p, x).values())
 
+    #: the model may fold a following ReLU in: geometry then is {"activation": "relu"}
+    fusable_activations = ("relu",)
+    #: an inference plan may fold a BatchNorm after it (see Conv)
+    folds_batchnorm = True
+
     @staticmethod
     def forward(p, g, w, xs, ctx):
         x2 = flatten(xs[0])
         y = x2 @ w["weight"].T
-        if p.bias:
+        relu = g is not None and g.get("activation") == "relu"
+        if relu:  # bias and ReLU in one pass over y, in place
+            bias = w["bias"] if p.bias else np.zeros(y.shape[1], y.dtype)
+            ctx.kernels("elementwise").bias_relu_forward(y, bias, out=y)
+        elif p.bias:
             y += w["bias"]
-        return y, (x2, xs[0].shape)
+        return y, (x2, xs[0].shape, y if relu else None)
 
     @staticmethod
     def backward(p, g, w, saved, dy, ctx):
-        x2, x_shape = saved
+        x2, x_shape, y = saved
+        if y is not None:  # the folded ReLU's backward
+            dy = ctx.kernels("elementwise").relu_backward(y, dy)
         grads = {"weight": dy.T @ x2}
         if p.bias:
             grads["bias"] = dy.sum(axis=0)

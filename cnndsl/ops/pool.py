@@ -121,16 +121,23 @@ class MaxPool(WindowPool):
     aliases = ("Pool",)
     explain_bare = True
 
+    #: an activation the pool may apply to its input in the same pass (a plan's step
+    #: folds a ReLU before the pool in: geometry then has "input_activation": "relu"):
+    #: ReLU commutes with max, so the conv before keeps nothing for a ReLU mask
+    fusable_input_activations = ("relu",)
+
     @staticmethod
     def forward(p, g, w, xs, ctx):
         x5 = _as5d(xs[0])
-        y, argmax = ctx.kernels("pool").maxpool_forward(x5, *WindowPool._window(g))
-        return _from5d(y, xs[0].ndim - 2), (argmax, x5.shape)
+        relu = g.get("input_activation") == "relu"
+        y, argmax = ctx.kernels("pool").maxpool_forward(x5, *WindowPool._window(g),
+                                                        relu=relu)
+        return _from5d(y, xs[0].ndim - 2), (argmax, x5.shape, y if relu else None)
 
     @staticmethod
     def backward(p, g, w, saved, dy, ctx):
-        argmax, x_shape = saved
-        dx = ctx.kernels("pool").maxpool_backward(_as5d(dy), argmax, x_shape)
+        argmax, x_shape, y = saved
+        dx = ctx.kernels("pool").maxpool_backward(_as5d(dy), argmax, x_shape, y=y)
         return [_from5d(dx, dy.ndim - 2)], {}
 
 

@@ -176,15 +176,25 @@ class Add(Op):
                          "on the shortcut")
         return first
 
+    #: a following ReLU may be folded in (`+` -> ReLU of a residual block): geometry then
+    #: is {"activation": "relu"}
+    fusable_activations = ("relu",)
+
     @staticmethod
     def forward(p, g, w, xs, ctx):
         y = xs[0] + xs[1]
         for x in xs[2:]:
             y += x
-        return y, len(xs)
+        relu = g is not None and g.get("activation") == "relu"
+        if relu:
+            ctx.kernels("elementwise").relu_forward(y, out=y)
+        return y, (len(xs), y if relu else None)
 
     @staticmethod
-    def backward(p, g, w, count, dy, ctx):
+    def backward(p, g, w, saved, dy, ctx):
+        count, y = saved
+        if y is not None:  # the folded ReLU's backward
+            dy = ctx.kernels("elementwise").relu_backward(y, dy)
         return [dy] * count, {}
 
     @classmethod

@@ -18,6 +18,8 @@ weights; in training it needs batch statistics and stays a step of its own.
 
 from __future__ import annotations
 
+import itertools
+
 import networkx as nx
 
 from cnndsl.ops import OPS, Op
@@ -98,9 +100,10 @@ def logits_name(graph: nx.DiGraph) -> str:
     return node["inputs"][0] if OPS[node["op"]].gives_probabilities else last
 
 
-def fuse(graph: nx.DiGraph, train: bool) -> list[list[str]]:
+def fuse(graph: nx.DiGraph, train: bool, enabled: bool = True) -> list[list[str]]:
     """The checked graph cut into groups of layers, each run as one step, in topological
-    order (the Input is not in any group; a view is a group of its own).
+    order (the Input is not in any group; a view is a group of its own). `enabled` False:
+    one layer per group (the unfused plan the tests compare the fused one with).
 
     A layer joins the group before it only if it reads nothing else, it is the only
     reader of the group's output (fan-out blocks fusion: the other reader needs that
@@ -114,7 +117,7 @@ def fuse(graph: nx.DiGraph, train: bool) -> list[list[str]]:
             continue
         group = [name]
         stages = [stage for stage in EPILOGUES.get(node_role(graph, name), ())
-                  if not (train and stage[0] == FOLD)]
+                  if enabled and not (train and stage[0] == FOLD)]
         stage = 0
         while True:
             tail = group[-1]
@@ -140,6 +143,19 @@ def _accepting_stage(stages, start: int, follower_role: str) -> int | None:
         if accepted == follower_role:
             return index if repeats else index + 1
     return None
+
+
+def pool_activations(graph: nx.DiGraph, group) -> list[str]:
+    """The activations of `group` that the pool right after them takes on its input (its
+    op's `fusable_input_activations`: a max pool computes max(ReLU(x)) as ReLU(max(x)) in
+    its own pass), so the layer before keeps no ReLU mask."""
+    folded = []
+    for name, follower in itertools.pairwise(group):
+        kind = getattr(OPS[graph.nodes[name]["op"]], "activation", None)
+        if kind is not None and kind in getattr(
+                OPS[graph.nodes[follower]["op"]], "fusable_input_activations", ()):
+            folded.append(name)
+    return folded
 
 
 def fold_batchnorm(weight, bias, gamma, beta, mean, var, eps: float):

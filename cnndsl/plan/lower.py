@@ -64,13 +64,15 @@ SAVES = {WEIGHTED: ("input",), ELEMENTWISE: ("output",), POOL: ("indices",),
 INDEX_ITEMSIZE = 4
 
 
-def lower(graph: nx.DiGraph, batch: int, train: bool) -> Plan:
+def lower(graph: nx.DiGraph, batch: int, train: bool, fuse: bool = True,
+          itemsize: int = ITEMSIZE) -> Plan:
     """The plan of one training step (`train`) or one inference pass of `graph` (checked,
-    shapes known) at `batch`."""
-    steps = _forward_steps(graph, train)
+    shapes known) at `batch`; `fuse` False: one step per layer; `itemsize`: bytes per
+    value (4: float32, 8: the float64 of gradient checks)."""
+    steps = _forward_steps(graph, train, fuse)
     if train:
         steps += _loss_and_backward(graph, steps)
-    buffers = _Liveness(graph, steps, batch, train).buffers()
+    buffers = _Liveness(graph, steps, batch, train, itemsize).buffers()
     offsets = assign_offsets(buffers)
     return Plan(train, batch, tuple(steps), tuple(buffers), offsets,
                 arena_bytes(buffers, offsets))
@@ -88,10 +90,23 @@ def saves(graph: nx.DiGraph, name: str) -> tuple[str, ...]:
     return SAVES[node_role(graph, name)]
 
 
+def group_saves(graph: nx.DiGraph, group) -> dict[str, tuple[str, ...]]:
+    """What each layer of a fused group's backward reads: `saves`, except that an
+    activation a pool takes on its input (fusion.pool_activations) keeps nothing and that
+    pool keeps its output too (the activation's mask, read where it won)."""
+    folded = fusion.pool_activations(graph, group)
+    found = {}
+    for name, previous in zip(group, (None, *group)):
+        found[name] = () if name in folded else saves(graph, name)
+        if previous in folded:
+            found[name] = tuple(dict.fromkeys((*found[name], "output")))
+    return found
+
+
 # ---- steps -----------------------------------------------------------------------
-def _forward_steps(graph: nx.DiGraph, train: bool) -> list[Step]:
+def _forward_steps(graph: nx.DiGraph, train: bool, fuse: bool) -> list[Step]:
     return [_step(graph, index, group, train)
-            for index, group in enumerate(fusion.fuse(graph, train))]
+            for index, group in enumerate(fusion.fuse(graph, train, fuse))]
 
 
 def _step(graph: nx.DiGraph, index: int, group: list[str], train: bool) -> Step:
@@ -123,8 +138,9 @@ def _kept(graph: nx.DiGraph, group: list[str]) -> tuple[str, ...]:
     """Training: the fused intermediates of `group` its backward reads (a member saving
     its input or output where that is not the group's input or output)."""
     kept = []
+    wanted_by = group_saves(graph, group)
     for position, name in enumerate(group):
-        wanted = saves(graph, name)
+        wanted = wanted_by[name]
         if "input" in wanted and position > 0:
             kept.append(group[position - 1])
         if "output" in wanted and position < len(group) - 1:
@@ -154,8 +170,10 @@ def _loss_and_backward(graph: nx.DiGraph, forward: list[Step]) -> list[Step]:
 class _Liveness:
     """Buffers and their live intervals over a plan's timeline."""
 
-    def __init__(self, graph: nx.DiGraph, steps: list[Step], batch: int, train: bool):
+    def __init__(self, graph: nx.DiGraph, steps: list[Step], batch: int, train: bool,
+                 itemsize: int):
         self.graph, self.steps, self.batch, self.train = graph, steps, batch, train
+        self.itemsize = itemsize
         self.forward = [s for s in steps if not isinstance(s, (LossStep, BackwardStep))]
         self.producer = {s.output: s for s in self.forward}
         self.backward_of = {s.forward: s.index for s in steps if isinstance(s, BackwardStep)}
@@ -174,7 +192,7 @@ class _Liveness:
 
     def buffers(self) -> list[Buffer]:
         activations = self._activations()
-        found = [Buffer(v, ACTIVATION, self.shape(v), ITEMSIZE, first, last)
+        found = [Buffer(v, ACTIVATION, self.shape(v), self.itemsize, first, last)
                  for v, (first, last) in activations.items()]
         if self.train:
             found += self._saved() + self._gradients() + self._workspaces()
@@ -194,10 +212,11 @@ class _Liveness:
             backward = self.backward_of.get(step.index)
             if backward is None:
                 continue
-            if "input" in saves(self.graph, step.layers[0]):
+            wanted = group_saves(self.graph, step.layers)
+            if "input" in wanted[step.layers[0]]:
                 for value in step.inputs:
                     self._extend(spans, value, backward)
-            if "output" in saves(self.graph, step.layers[-1]):
+            if "output" in wanted[step.layers[-1]]:
                 self._extend(spans, step.output, backward)
         if self.loss is not None:
             self._extend(spans, fusion.logits_name(self.graph), self.loss)
@@ -215,7 +234,7 @@ class _Liveness:
             if backward is None:
                 continue
             for value in step.kept:
-                saved.append(Buffer(f"{value}:kept", SAVED, self.shape(value), ITEMSIZE,
+                saved.append(Buffer(f"{value}:kept", SAVED, self.shape(value), self.itemsize,
                                     step.index, backward))
             for layer in step.layers:
                 if "indices" in saves(self.graph, layer):
@@ -241,7 +260,7 @@ class _Liveness:
             if root == self.input_name:
                 continue  # nobody asks for the input's gradient in training
             end = self.backward_of[self.producer[root].index]
-            gradients.append(Buffer(f"d{root}", GRADIENT, self.shape(root), ITEMSIZE,
+            gradients.append(Buffer(f"d{root}", GRADIENT, self.shape(root), self.itemsize,
                                     start, end))
         return gradients
 
@@ -257,7 +276,7 @@ class _Liveness:
             largest = max(interior, key=_elements)
             if _elements(largest) > _elements(self.shape(step.output)):
                 spaces.append(Buffer(f"{step.output}:dinterior", WORKSPACE, largest,
-                                     ITEMSIZE, backward, backward))
+                                     self.itemsize, backward, backward))
         return spaces
 
 

@@ -38,7 +38,12 @@ def _out_shape(x_shape, kernel, stride, pad_before, pad_after):
                  for i, k, s, a, b in zip(size, kernel, stride, pad_before, pad_after)), c)
 
 
-def maxpool_forward(x, kernel, stride, pad_before, pad_after, *, out=None):
+def maxpool_forward(x, kernel, stride, pad_before, pad_after, *, relu=False, out=None):
+    if relu:  # the pool of ReLU(x): ReLU commutes with max; argmax stays x's
+        y, am = maxpool_forward(x, kernel, stride, pad_before, pad_after)
+        y = np.where((am >= 0) & (y < 0), np.zeros_like(y), y)
+        yo, ao = (None, None) if out is None else out
+        return _into(yo, y), _into(ao, am)
     n, d, h, w, c = x.shape
     y = np.full(_out_shape(x.shape, kernel, stride, pad_before, pad_after), -np.inf, x.dtype)
     am = np.full(y.shape, -1, np.int32)
@@ -54,7 +59,9 @@ def maxpool_forward(x, kernel, stride, pad_before, pad_after, *, out=None):
     return _into(yo, y), _into(ao, am)
 
 
-def maxpool_backward(dy, argmax, x_shape, *, out=None):
+def maxpool_backward(dy, argmax, x_shape, *, y=None, out=None):
+    if y is not None:  # a pool that took a ReLU on its input: the ReLU's mask first
+        dy = np.where(y > 0, dy, np.zeros_like(dy))
     n, *_, c = x_shape
     dx = np.zeros((n, int(np.prod(x_shape[1:-1])), c), dy.dtype)
     nn, _, cc = np.indices(argmax.reshape(n, -1, c).shape)
