@@ -1,8 +1,9 @@
 """Peak memory of one training step: planned (cnndsl check --plan) vs measured (cnndsl) vs
 PyTorch, for examples/resnet18.cnn at batch 32 on 224x224x3 by default.
 
-Each engine runs in a process of its own (`import numpy` first, as users do): the network
-is built, a seeded batch made, then the RSS is read; two training steps run (forward,
+Each engine runs in a process of its own (`import numpy` first, as users do): cnndsl layer
+by layer as `cnndsl train` runs it, cnndsl executing the plan (cnndsl.plan.run.PlanRunner),
+and PyTorch. The network is built, a seeded batch made, then the RSS is read; two training steps run (forward,
 backward, SGD-momentum update: the second one has the momentum buffers too), and the peak
 RSS of the process (VmHWM, reset to the present RSS after a 2-image warm-up step that
 compiles the kernels) minus that baseline is the step's growth. PyTorch runs the
@@ -76,6 +77,29 @@ def run_cnndsl(path: str, batch: int) -> dict:
             "params": model.num_params}
 
 
+def run_plan(path: str, batch: int) -> dict:
+    """The step executed from the plan (cnndsl.plan.run.PlanRunner): values in the arena."""
+    import numpy  # noqa: F401
+
+    import cnndsl
+    from cnndsl.optim import SGD
+    from cnndsl.plan import lower
+    from cnndsl.plan.run import PlanRunner
+
+    model = cnndsl.load(path, seed=0, classes=1000)
+    x, y = batch_of(model, batch)
+    optimizer = SGD(model.parameters(), lr=0.01, momentum=0.9)
+    PlanRunner(model, lower(model.graph, 2, train=True)).loss_and_grads(x[:2], y[:2])
+    runner = PlanRunner(model, lower(model.graph, batch, train=True))  # untouched pages
+    base = reset_peak()
+    started = time.perf_counter()
+    for _ in range(2):
+        _, _, grads = runner.loss_and_grads(x, y)
+        optimizer.step(grads)
+        del grads
+    return {"growth": peak_bytes() - base, "seconds": (time.perf_counter() - started) / 2}
+
+
 def run_torch(path: str, batch: int) -> dict:
     import numpy  # noqa: F401
     import torch
@@ -133,9 +157,10 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=2)
     args = parser.parse_args()
     plan = planned(args.file, args.batch)
-    runs = {"cnndsl": [], "torch": []}
+    runs = {"cnndsl": [], "plan": [], "torch": []}
     for index in range(args.runs):
-        for engine in (["cnndsl", "torch"] if index % 2 == 0 else ["torch", "cnndsl"]):
+        order = ["cnndsl", "plan", "torch"]
+        for engine in (order if index % 2 == 0 else order[::-1]):
             runs[engine].append(in_process(engine, args.file, args.batch))
             print(f"run {index + 1} {engine}: {runs[engine][-1]['growth'] / MB:,.0f} MB, "
                   f"{runs[engine][-1]['seconds']:.1f} s/step", file=sys.stderr, flush=True)
@@ -146,7 +171,9 @@ def main() -> None:
     print(f"{'planned: activations + gradients':34} {plan['training'] / MB:>14,.0f}"
           f"   (without reuse {plan['no_reuse'] / MB:,.0f})")
     print(f"{'  + parameter gradients, momentum':34} {(plan['training'] + 2 * weights) / MB:>14,.0f}")
-    for engine, label in (("cnndsl", "measured: cnndsl"), ("torch", "measured: PyTorch 2.13")):
+    for engine, label in (("cnndsl", "measured: cnndsl (layer by layer)"),
+                          ("plan", "measured: cnndsl, plan executed"),
+                          ("torch", "measured: PyTorch 2.13")):
         growth = [r["growth"] / MB for r in runs[engine]]
         seconds = [r["seconds"] for r in runs[engine]]
         print(f"{label:34} {min(growth):>6,.0f}-{max(growth):<7,.0f}"

@@ -77,6 +77,10 @@ class Ctx:
     #: across steps for its backward (the runner sets it before each call; geometry,
     #: shared by every runner, is never written)
     work: dict = field(default_factory=dict)
+    #: where the layer may write its output (N, *shape), or None: a plan's buffer in its
+    #: arena (cnndsl.plan.run). An op that honours it returns this array itself; one that
+    #: does not returns its own, which the runner copies there
+    out: np.ndarray | None = None
 
     def kernels(self, family: str):
         """The kernel module of a family ("conv", "pool", ...) for this backend."""

@@ -53,7 +53,7 @@ class ReLU(Elementwise):
 
     @staticmethod
     def forward(p, g, w, xs, ctx):
-        y = ctx.kernels("elementwise").relu_forward(xs[0])
+        y = ctx.kernels("elementwise").relu_forward(xs[0], out=ctx.out)
         return y, y
 
     @staticmethod
@@ -109,7 +109,7 @@ class Sigmoid(Elementwise):
 
     @staticmethod
     def forward(p, g, w, xs, ctx):
-        y = ctx.kernels("elementwise").sigmoid_forward(xs[0])
+        y = ctx.kernels("elementwise").sigmoid_forward(xs[0], out=ctx.out)
         return y, y
 
     @staticmethod
@@ -126,7 +126,7 @@ class Tanh(Elementwise):
 
     @staticmethod
     def forward(p, g, w, xs, ctx):
-        y = ctx.kernels("elementwise").tanh_forward(xs[0])
+        y = ctx.kernels("elementwise").tanh_forward(xs[0], out=ctx.out)
         return y, y
 
     @staticmethod

@@ -183,7 +183,8 @@ class Conv(Op):
         weight = _flip(w["weight"], x.ndim - 2) if p.flip else w["weight"]
         y = _from5d(ctx.kernels("conv").conv_forward(
             _as5d(x), _w5d(weight), w.get("bias"), g["stride"], g["dilation"],
-            g["pad_before"], g["pad_after"], p.groups, relu=relu, keep=keep), x)
+            g["pad_before"], g["pad_after"], p.groups, relu=relu, keep=keep,
+            out=None if ctx.out is None else _as5d(ctx.out)), x)
         return y, (x, y if relu else None, keep)
 
     @staticmethod

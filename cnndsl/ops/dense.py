@@ -113,7 +113,7 @@ class FC(Op):
     @staticmethod
     def forward(p, g, w, xs, ctx):
         x2 = flatten(xs[0])
-        y = x2 @ w["weight"].T
+        y = np.matmul(x2, w["weight"].T, out=ctx.out)
         relu = g is not None and g.get("activation") == "relu"
         if relu:  # bias and ReLU in one pass over y, in place
             bias = w["bias"] if p.bias else np.zeros(y.shape[1], y.dtype)

@@ -130,8 +130,9 @@ class MaxPool(WindowPool):
     def forward(p, g, w, xs, ctx):
         x5 = _as5d(xs[0])
         relu = g.get("input_activation") == "relu"
+        out = None if ctx.out is None else (_as5d(ctx.out), None)
         y, argmax = ctx.kernels("pool").maxpool_forward(x5, *WindowPool._window(g),
-                                                        relu=relu)
+                                                        relu=relu, out=out)
         return _from5d(y, xs[0].ndim - 2), (argmax, x5.shape, y if relu else None)
 
     @staticmethod

@@ -182,7 +182,7 @@ class Add(Op):
 
     @staticmethod
     def forward(p, g, w, xs, ctx):
-        y = xs[0] + xs[1]
+        y = np.add(xs[0], xs[1], out=ctx.out)
         for x in xs[2:]:
             y += x
         relu = g is not None and g.get("activation") == "relu"

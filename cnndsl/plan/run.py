@@ -132,14 +132,18 @@ class PlanRunner:
     def _forward(self, step) -> None:
         values = [self.value(name) for name in step.inputs]
         states = []
-        for layer, op in self._members[step.index]:
-            self.ctx.work = self._work[layer.name]
-            values, state = op.forward(layer.params, layer.geometry, layer.weights,
-                                       values, self.ctx)
-            values = [values]
-            states.append(state)
         out = self.value(step.output)
-        if values[0] is not out:
+        members = self._members[step.index]
+        for position, (layer, op) in enumerate(members):
+            self.ctx.work = self._work[layer.name]
+            # the last layer may write straight into the step's buffer
+            self.ctx.out = out if position == len(members) - 1 else None
+            y, state = op.forward(layer.params, layer.geometry, layer.weights, values,
+                                  self.ctx)
+            values = [y]
+            states.append(state)
+        self.ctx.out = None
+        if values[0].ctypes.data != out.ctypes.data:  # the op wrote an array of its own
             np.copyto(out, values[0].reshape(out.shape))
         if self.plan.train:
             self._states[step.index] = states

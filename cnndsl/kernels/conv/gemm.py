@@ -22,6 +22,7 @@ import math
 
 import numpy as np
 
+from cnndsl.kernels import out_buffer
 from cnndsl.kernels.conv import common
 from cnndsl.kernels.conv.blocked import blocked_backward, blocked_forward, is_blocked
 from cnndsl.kernels.conv.common import _buffer, _c, geometry
@@ -37,11 +38,12 @@ def conv_output(sizes, kernel, stride, dilation, pad_before, pad_after) -> tuple
 
 
 def conv_forward(x, w, b, stride, dilation, pad_before, pad_after, groups, relu=False,
-                 keep=None):
+                 keep=None, out=None):
     """Convolution (cross-correlation) with zero padding, possibly asymmetric; with `relu`,
     max(y, 0) fused in (NaN propagates). `keep`: a dict in which the forward may leave work
     for `conv_backward` of the same x and w (here the patch matrix, when the whole batch is
-    one block of at most `_BLOCK_BYTES`); pass the same dict to the backward.
+    one block of at most `_BLOCK_BYTES`); pass the same dict to the backward. `out`: the
+    array to write y into (C-contiguous, y's shape and dtype), returned.
 
     x: N×D×H×W×C, w: F×(C/groups)×KD×KH×KW, b: (F,) or None -> y: N×OD×OH×OW×F,
     OD = (D + pb + pa − dd·(KD−1) − 1)//sd + 1 (likewise OH, OW).
@@ -49,15 +51,15 @@ def conv_forward(x, w, b, stride, dilation, pad_before, pad_after, groups, relu=
     x = _c(x)
     w = _c(w, x.dtype)
     kernel = w.shape[2:]
-    out = conv_output(x.shape[1:4], kernel, stride, dilation, pad_before, pad_after)
-    where = geometry(kernel, stride, dilation, pad_before, out)
+    sizes = conv_output(x.shape[1:4], kernel, stride, dilation, pad_before, pad_after)
+    where = geometry(kernel, stride, dilation, pad_before, sizes)
+    f = w.shape[0]
+    y = out_buffer(out, (x.shape[0], *sizes, f), x.dtype)
     if _is_depthwise(x, w, groups):
-        y = _depthwise_forward(x, w, b, where)
+        y[...] = _depthwise_forward(x, w, b, where)
         if relu:
             _add_bias(y.reshape(-1, y.shape[-1]), None, True)
         return y
-    f = w.shape[0]
-    y = np.empty((x.shape[0], *out, f), x.dtype)
     y2 = y.reshape(-1, f)
     if is_blocked(x, w, groups, where):
         blocked_forward(x, w, b, groups, relu, where, keep, y2)

@@ -38,26 +38,31 @@ def _tap_window(tap, stride, dilation, out):
 
 
 def conv_forward(x, w, b, stride, dilation, pad_before, pad_after, groups, relu=False,
-                 keep=None):
+                 keep=None, out=None):
     """y[n, o, f] = b[f] + sum_{tap, c} xpad[n, o*s + tap*d, g(f)*C/g + c] * w[f, c, tap],
-    then max(y, 0) if `relu`. `keep` (work left for the backward) is unused here.
+    then max(y, 0) if `relu`. `keep` (work left for the backward) is unused here; `out`:
+    the array y is written into.
 
     x: N×D×H×W×C, w: F×(C/groups)×KD×KH×KW, b: (F,) or None -> y: N×OD×OH×OW×F.
     """
     x, w = np.asarray(x), np.asarray(w, dtype=x.dtype)
     cg, kernel = w.shape[1], w.shape[2:]
     f, fg = w.shape[0], w.shape[0] // groups
-    out = _conv_out(x.shape[1:4], kernel, stride, dilation, pad_before, pad_after)
+    sizes = _conv_out(x.shape[1:4], kernel, stride, dilation, pad_before, pad_after)
     xp = _pad(x, pad_before, pad_after)
-    y = np.zeros((x.shape[0], *out, f), x.dtype)
+    y = np.zeros((x.shape[0], *sizes, f), x.dtype)
     for g in range(groups):
         cs, fs = slice(g * cg, (g + 1) * cg), slice(g * fg, (g + 1) * fg)
         for tap in _taps(kernel):
-            patch = xp[_tap_window(tap, stride, dilation, out)][..., cs]
+            patch = xp[_tap_window(tap, stride, dilation, sizes)][..., cs]
             y[..., fs] += patch @ w[(fs, slice(None), *tap)].T
     if b is not None:
         y += np.asarray(b, dtype=x.dtype)
-    return np.where(y < 0, 0, y) if relu else y
+    y = np.where(y < 0, 0, y) if relu else y
+    if out is None:
+        return y
+    out[...] = y
+    return out
 
 
 def conv_backward(x, w, dy, stride, dilation, pad_before, pad_after, groups, need_dx=True,
