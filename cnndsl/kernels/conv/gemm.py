@@ -8,6 +8,8 @@ fresh, C-contiguous arrays of x's dtype.
 Conv is im2col + GEMM (`im2col.py`): forward y = cols·Wᵀ; backward dW = dYᵀ·cols and
 dcols = dY·W followed by col2im. Paths, chosen per call:
 
+- 3×3, stride 1, "same" padding, 32k channels in and out, float32: the register-tiled
+  direct kernels of `direct_path.py` (no patch matrix);
 - depthwise (groups = C, one input channel per group): direct loops, `depthwise.py`;
 - small convs (`blocked.is_blocked`): one parallel Numba region per layer, `blocked.py`;
 - the rest, here: im2col / col2im as parallel Numba kernels and the GEMMs from Python
@@ -23,7 +25,7 @@ import math
 import numpy as np
 
 from cnndsl.kernels import out_buffer
-from cnndsl.kernels.conv import common
+from cnndsl.kernels.conv import common, direct_path
 from cnndsl.kernels.conv.blocked import blocked_backward, blocked_forward, is_blocked
 from cnndsl.kernels.conv.common import _buffer, _c, geometry
 from cnndsl.kernels.conv.depthwise import _depthwise_backward, _depthwise_forward
@@ -61,6 +63,9 @@ def conv_forward(x, w, b, stride, dilation, pad_before, pad_after, groups, relu=
             _add_bias(y.reshape(-1, y.shape[-1]), None, True)
         return y
     y2 = y.reshape(-1, f)
+    if direct_path.fits(x, w, groups, where):
+        direct_path.forward(x, w, b, relu, y)
+        return y
     if is_blocked(x, w, groups, where):
         blocked_forward(x, w, b, groups, relu, where, keep, y2)
         return y
@@ -81,6 +86,8 @@ def conv_backward(x, w, dy, stride, dilation, pad_before, pad_after, groups, nee
     w = _c(w, x.dtype)
     dy = _c(dy, x.dtype)
     where = geometry(w.shape[2:], stride, dilation, pad_before, dy.shape[1:4])
+    if direct_path.fits(x, w, groups, where):
+        return direct_path.backward(x, w, dy, need_dx, y)
     if _is_depthwise(x, w, groups) or not is_blocked(x, w, groups, where):
         return _conv_backward_unblocked(x, w, dy, where, groups, need_dx, y)
     return blocked_backward(x, w, dy, groups, where, need_dx, y, keep)

@@ -1,0 +1,87 @@
+"""The direct 3×3 conv path (cnndsl/kernels/conv/direct_path.py, direct.py): which convs take
+it, and its forward and backward against the NumPy twin (float64) on every tile shape."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cnndsl.kernels.conv import common, conv_backward, conv_forward, direct_path, gen_direct
+from cnndsl.kernels.reference import conv as reference
+
+SAME = ((1, 1, 1), (1, 1, 1), (0, 1, 1), (0, 1, 1), 1)  # stride, dilation, pads, groups
+
+
+def test_direct_py_is_what_the_generator_writes():
+    """direct.py is generated: edited by hand, it would drift from gen_direct.py."""
+    assert gen_direct.TARGET.read_text() == gen_direct.source(), \
+        "run: python -m cnndsl.kernels.conv.gen_direct"
+
+
+def _fits(x_shape, w_shape, stride=(1, 1, 1), dilation=(1, 1, 1), pad=(0, 1, 1), groups=1,
+          dtype=np.float32):
+    x, w = np.zeros(x_shape, dtype), np.zeros(w_shape, dtype)
+    out = tuple((n + 2 * p - d * (k - 1) - 1) // s + 1 for n, k, s, d, p
+                in zip(x_shape[1:4], w_shape[2:], stride, dilation, pad))
+    return direct_path.fits(x, w, groups, common.geometry(w_shape[2:], stride, dilation, pad,
+                                                          out))
+
+
+def test_which_convs_take_the_direct_path():
+    assert _fits((2, 1, 8, 8, 32), (64, 32, 1, 3, 3))
+    assert _fits((2, 1, 5, 9, 64), (32, 64, 1, 3, 3))
+    assert not _fits((2, 1, 8, 8, 32), (64, 32, 1, 3, 3), dtype=np.float64)  # gradient checks
+    assert not _fits((2, 1, 8, 8, 16), (64, 16, 1, 3, 3))  # channels not a multiple of 32
+    assert not _fits((2, 1, 8, 8, 32), (48, 32, 1, 3, 3))
+    assert not _fits((2, 1, 8, 8, 32), (64, 32, 1, 3, 3), stride=(1, 2, 2))
+    assert not _fits((2, 1, 8, 8, 32), (64, 32, 1, 3, 3), dilation=(1, 2, 2), pad=(0, 2, 2))
+    assert not _fits((2, 1, 8, 8, 32), (64, 32, 1, 3, 3), pad=(0, 0, 0))  # valid
+    assert not _fits((2, 1, 8, 8, 32), (64, 32, 1, 5, 5), pad=(0, 2, 2))
+    assert not _fits((2, 1, 8, 8, 64), (64, 32, 1, 3, 3), groups=2)
+    assert not _fits((2, 3, 8, 8, 32), (64, 32, 3, 3, 3), pad=(1, 1, 1))  # 3-D
+
+
+def _close(a, b, what):
+    scale = float(np.max(np.abs(b)))
+    np.testing.assert_allclose(a, b, rtol=0, atol=2e-5 * max(scale, 1e-6), err_msg=what)
+
+
+# widths: 7 (tiles of 7), 8 (of 8), 9 (8 + one pixel), 5 (one pixel at a time)
+@pytest.mark.parametrize("n, h, width, c, f", [(3, 7, 7, 32, 64), (2, 8, 8, 64, 32),
+                                               (3, 4, 9, 32, 32), (2, 6, 5, 32, 32)])
+@pytest.mark.parametrize("relu", [False, True])
+def test_direct_conv_forward_and_backward_equal_the_numpy_twin(n, h, width, c, f, relu):
+    rng = np.random.default_rng(n * h + width)
+    x = rng.standard_normal((n, 1, h, width, c)).astype(np.float32)
+    w = (rng.standard_normal((f, c, 1, 3, 3)) / np.sqrt(9 * c)).astype(np.float32)
+    assert direct_path.fits(x, w, 1, common.geometry((1, 3, 3), *SAME[:3], (1, h, width)))
+    x64, w64 = x.astype(np.float64), w.astype(np.float64)
+    for b in (rng.standard_normal(f).astype(np.float32), None):
+        y = conv_forward(x, w, b, *SAME, relu=relu)
+        y0 = reference.conv_forward(x64, w64, None if b is None else b.astype(np.float64),
+                                    *SAME, relu=relu)
+        _close(y, y0, "y")
+        dy = rng.standard_normal(y.shape).astype(np.float32)
+        for need_dx in (True, False):
+            dx, dw, db = conv_backward(x, w, dy, *SAME, need_dx=need_dx,
+                                       y=y if relu else None)
+            dx0, dw0, db0 = reference.conv_backward(x64, w64, dy.astype(np.float64), *SAME,
+                                                    need_dx=need_dx, y=y0 if relu else None)
+            _close(dw, dw0, "dw")
+            _close(db, db0, "db")
+            assert dw.shape == w.shape and db.shape == (f,)
+            if need_dx:
+                _close(dx, dx0, "dx")
+            else:
+                assert dx is None
+
+
+def test_direct_conv_writes_into_out_and_keeps_nan():
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((2, 1, 8, 8, 32)).astype(np.float32)
+    x[0, 0, 3, 3, 5] = np.nan
+    w = rng.standard_normal((32, 32, 1, 3, 3)).astype(np.float32)
+    out = np.empty((2, 1, 8, 8, 32), np.float32)
+    y = conv_forward(x, w, None, *SAME, relu=True, out=out)
+    assert y is out
+    assert np.isnan(y[0, 0, 2:5, 2:5]).all() and not np.isnan(y[1]).any()
