@@ -67,14 +67,18 @@ def run_cnndsl(path: str, batch: int) -> dict:
     x, y = batch_of(model, batch)
     optimizer = SGD(model.parameters(), lr=0.01, momentum=0.9)
     model.loss_and_grads(x[:2], y[:2])  # compiles (or loads) the kernels: not measured
+    return {**two_steps(model.loss_and_grads, optimizer, x, y), "params": model.num_params}
+
+
+def two_steps(loss_and_grads, optimizer, x, y) -> dict:
+    """Peak RSS growth and seconds per step of two training steps, after a reset."""
     base = reset_peak()
     started = time.perf_counter()
     for _ in range(2):
-        _, _, grads = model.loss_and_grads(x, y)
+        _, _, grads = loss_and_grads(x, y)
         optimizer.step(grads)
         del grads
-    return {"growth": peak_bytes() - base, "seconds": (time.perf_counter() - started) / 2,
-            "params": model.num_params}
+    return {"growth": peak_bytes() - base, "seconds": (time.perf_counter() - started) / 2}
 
 
 def run_plan(path: str, batch: int) -> dict:
@@ -91,13 +95,7 @@ def run_plan(path: str, batch: int) -> dict:
     optimizer = SGD(model.parameters(), lr=0.01, momentum=0.9)
     PlanRunner(model, lower(model.graph, 2, train=True)).loss_and_grads(x[:2], y[:2])
     runner = PlanRunner(model, lower(model.graph, batch, train=True))  # untouched pages
-    base = reset_peak()
-    started = time.perf_counter()
-    for _ in range(2):
-        _, _, grads = runner.loss_and_grads(x, y)
-        optimizer.step(grads)
-        del grads
-    return {"growth": peak_bytes() - base, "seconds": (time.perf_counter() - started) / 2}
+    return two_steps(runner.loss_and_grads, optimizer, x, y)
 
 
 def run_torch(path: str, batch: int) -> dict:

@@ -8,11 +8,11 @@ import re
 
 import numpy as np
 import pytest
-from conftest import EXAMPLES
+from conftest import EXAMPLES, example_graphs
 
 from cnndsl import check_text
 from cnndsl.cli import main
-from cnndsl.ops import OPS, graph_layer, user_op_names
+from cnndsl.ops import graph_layer
 from cnndsl.plan import lower
 from cnndsl.plan import memory as plan_memory
 from cnndsl.plan import steps as plan_steps
@@ -81,19 +81,10 @@ def _dead_reads(plan) -> list[str]:
     return found
 
 
-def _example_graphs():
-    for path in sorted(EXAMPLES.glob("*.cnn")):
-        text = path.read_text()
-        yield path.name, check_text(text, {"classes": 10} if "classes" in text else None)
-    for name in sorted({OPS[key].name for key in user_op_names()}):
-        for shape, chain in OPS[name].examples:
-            yield f"{name}: {chain}", check_text(f"input {shape}\n{chain}")
-
-
 @pytest.mark.parametrize("train", [True, False], ids=["training", "inference"])
 def test_every_example_plan_never_aliases_live_buffers(train):
     checked = 0
-    for name, graph in _example_graphs():
+    for name, graph in example_graphs():
         plan = lower(graph, BATCH, train)
         assert violations(plan) == [], name
         checked += 1

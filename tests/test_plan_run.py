@@ -11,24 +11,14 @@ import dataclasses
 
 import numpy as np
 import pytest
-from conftest import EXAMPLES
+from conftest import EXAMPLES, example_graphs
 
 from cnndsl import check_text
 from cnndsl.model import Model
-from cnndsl.ops import OPS, user_op_names
 from cnndsl.plan import lower
 from cnndsl.plan.run import PlanRunner
 
 BATCH = 2
-
-
-def _graphs():
-    for path in sorted(EXAMPLES.glob("*.cnn")):
-        text = path.read_text()
-        yield path.name, check_text(text, {"classes": 10} if "classes" in text else None)
-    for name in sorted({OPS[key].name for key in user_op_names()}):
-        for shape, chain in OPS[name].examples:
-            yield f"{name}: {chain}", check_text(f"input {shape}\n{chain}")
 
 
 EXAMPLE_NAMES = sorted(path.name for path in EXAMPLES.glob("*.cnn"))
@@ -79,7 +69,7 @@ def test_poisoned_fused_and_unfused_training_plans_give_the_models_gradients(nam
 def test_every_op_example_trains_and_infers_alike_fused_unfused_and_poisoned():
     """Each op kind's examples (73 small graphs): training step and inference pass."""
     checked = 0
-    for name, graph in _graphs():
+    for name, graph in example_graphs():
         if name.endswith(".cnn"):
             continue  # the example networks have their own test above
         model = Model(graph, seed=2, dtype=np.float64)
