@@ -1,5 +1,5 @@
-"""The direct 3×3 conv path (cnndsl/kernels/conv/direct_path.py, direct.py): which convs take
-it, and its forward and backward against the NumPy twin (float64) on every tile shape."""
+"""The direct conv paths (cnndsl/kernels/conv/direct_path.py, direct.py): which convs take
+them, and their forward and backward against the NumPy twin (float64) on every tile shape."""
 
 from __future__ import annotations
 
@@ -85,3 +85,46 @@ def test_direct_conv_writes_into_out_and_keeps_nan():
     y = conv_forward(x, w, None, *SAME, relu=True, out=out)
     assert y is out
     assert np.isnan(y[0, 0, 2:5, 2:5]).all() and not np.isnan(y[1]).any()
+
+
+# ---- the narrow path (inference convs with at most 32 filters) ------------------------
+@pytest.mark.parametrize("n, h, width, c, f, k, before, after", [
+    (3, 28, 28, 1, 10, 5, (0, 0), (0, 0)),    # net A's first conv: one vector of filters
+    (2, 12, 12, 10, 20, 5, (0, 0), (0, 0)),   # its second: two vectors
+    (3, 9, 11, 3, 32, 3, (1, 1), (1, 1)),     # same padding, a remainder of 3 pixels
+    (2, 7, 5, 5, 16, 3, (0, 1), (2, 0)),      # asymmetric padding, tiles of one pixel
+    (2, 6, 13, 2, 7, 2, (0, 0), (0, 1))])     # an even window
+@pytest.mark.parametrize("relu", [False, True])
+def test_narrow_conv_forward_equals_the_numpy_twin_at_inference(n, h, width, c, f, k, before,
+                                                                 after, relu):
+    rng = np.random.default_rng(f * k + width)
+    x = rng.standard_normal((n, 1, h, width, c)).astype(np.float32)
+    w = rng.standard_normal((f, c, 1, k, k)).astype(np.float32)
+    geometry = ((1, 1, 1), (1, 1, 1), (0, *before), (0, *after), 1)
+    out = tuple(s + a + b - k + 1 for s, a, b in zip((h, width), before, after))
+    where = common.geometry((1, k, k), (1, 1, 1), (1, 1, 1), (0, *before), (1, *out))
+    assert direct_path.narrow_fits(x, w, 1, where, training=False)
+    assert not direct_path.narrow_fits(x, w, 1, where, training=True)  # keeps im2col
+    for b in (rng.standard_normal(f).astype(np.float32), None):
+        y = conv_forward(x, w, b, *geometry, relu=relu)
+        y0 = reference.conv_forward(x.astype(np.float64), w.astype(np.float64),
+                                    None if b is None else b.astype(np.float64), *geometry,
+                                    relu=relu)
+        assert y.shape == y0.shape == (n, 1, *out, f)
+        _close(y, y0, "y")
+
+
+def test_which_inference_convs_take_the_narrow_path():
+    x = np.zeros((2, 1, 8, 8, 3), np.float32)
+    where = common.geometry((1, 3, 3), (1, 1, 1), (1, 1, 1), (0, 1, 1), (1, 8, 8))
+    assert direct_path.narrow_fits(x, np.zeros((32, 3, 1, 3, 3), np.float32), 1, where, False)
+    assert not direct_path.narrow_fits(x, np.zeros((33, 3, 1, 3, 3), np.float32), 1, where,
+                                       False)
+    assert not direct_path.narrow_fits(x.astype(np.float64), np.zeros((8, 3, 1, 3, 3)), 1,
+                                       where, False)
+    strided = common.geometry((1, 3, 3), (1, 2, 2), (1, 1, 1), (0, 1, 1), (1, 4, 4))
+    assert not direct_path.narrow_fits(x, np.zeros((8, 3, 1, 3, 3), np.float32), 1, strided,
+                                       False)
+    grouped = np.zeros((2, 1, 8, 8, 4), np.float32)
+    assert not direct_path.narrow_fits(grouped, np.zeros((8, 2, 1, 3, 3), np.float32), 2,
+                                       where, False)

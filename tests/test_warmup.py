@@ -171,9 +171,9 @@ def test_work_is_split_with_each_dispatchers_signatures_together():
     for use in uses:  # both signatures of a kernel (float32 and float64, say): one share
         assert sum(any(u.dispatcher is use.dispatcher for u in share) for share in shares) == 1
     # the two costliest kernels (the direct conv's, here) go to different processes
-    by_cost = sorted(uses, key=lambda u: len(u.dispatcher.py_func.__code__.co_code))
-    big = {by_cost[-1].name, by_cost[-2].name}
-    assert big == {"conv._direct_conv_p7", "conv._direct_weight_grad"}
+    costs = {u.name: len(u.dispatcher.py_func.__code__.co_code) for u in uses}
+    big = set(sorted(costs, key=costs.get)[-2:])
+    assert all(name.startswith(("conv._direct", "conv._narrow")) for name in big), big
     assert all({u.name for u in share} & big for share in shares)  # one big one each
     (one,) = _split(uses, 1)
     assert sorted(map(id, one)) == sorted(map(id, uses)) and len(_split(uses[:1], 4)) == 1

@@ -15,6 +15,11 @@ images (T = part.shape[0], one per thread); a run copies each image into a zero-
   bias gradient's partial sums). Forward calls pass masked=False (m, mo, part unread).
 - `_direct_weight_grad(x, dy, part)`: part[t] (T×3×3×C×F) = Σ over run t's images and
   pixels of x_pad[n, h+kh, w+kw, c]·dy[n, h, w, f]; the caller sums over t.
+- `_narrow_conv_v1/v2(x, wt, b, relu, KH, KW, ph0, pw0, part, y4)`: the forward of a
+  stride-1 conv with any KH×KW window, zero padding (ph0, pw0 before; the output size says
+  the rest) and channel count C, and at most 16 / 32 output channels (wt: KH×KW×C×16·v, b:
+  16·v, both zero beyond F), y4: N×OH×OW×F; tiles of 8 pixels. Inference of small convs
+  (a lecture network's 5×5 convs with 10 and 20 filters).
 """
 
 from __future__ import annotations
@@ -347,3 +352,217 @@ def _direct_weight_grad(x, dy, part):
                             vstore(part, out + 6 * F + 16, vadd(vload(part, out + 6 * F + 16), a_6_1))
                             vstore(part, out + 7 * F + 0, vadd(vload(part, out + 7 * F + 0), a_7_0))
                             vstore(part, out + 7 * F + 16, vadd(vload(part, out + 7 * F + 16), a_7_1))
+
+
+@kernel
+def _narrow_conv_v1(x, wt, b, relu, KH, KW, ph0, pw0, part, y4):
+    """See the module docstring: at most 16 output channels."""
+    N, H, W, C = x.shape
+    OH, OW, F = y4.shape[1], y4.shape[2], y4.shape[3]
+    Wp = OW + KW - 1
+    y = y4.reshape(y4.size)
+    xf = x.reshape(x.size)
+    runs = part.shape[0]
+    tiles = OW // 8
+    for t in prange(runs):
+        xp = np.zeros((OH + KH - 1) * Wp * C, np.float32)
+        row = np.empty(128, np.float32)
+        for n in range(t * N // runs, (t + 1) * N // runs):
+            for h in range(H):
+                for w in range(W):
+                    src = ((n * H + h) * W + w) * C
+                    dst = ((h + ph0) * Wp + w + pw0) * C
+                    for c in range(C):
+                        xp[dst + c] = xf[src + c]
+            b_0 = vload(b, 0)
+            for oh in range(OH):
+                for tile in range(tiles):
+                    first = tile * 8
+                    a_0_0 = vzero()
+                    a_1_0 = vzero()
+                    a_2_0 = vzero()
+                    a_3_0 = vzero()
+                    a_4_0 = vzero()
+                    a_5_0 = vzero()
+                    a_6_0 = vzero()
+                    a_7_0 = vzero()
+                    for kh in range(KH):
+                        for kw in range(KW):
+                            xb = ((oh + kh) * Wp + first + kw) * C
+                            wb = (kh * KW + kw) * C * 16
+                            for c in range(C):
+                                w_0 = vload(wt, wb + c * 16 + 0)
+                                x_0 = broadcast(sload(xp, xb + 0 * C + c))
+                                a_0_0 = fma(x_0, w_0, a_0_0)
+                                x_1 = broadcast(sload(xp, xb + 1 * C + c))
+                                a_1_0 = fma(x_1, w_0, a_1_0)
+                                x_2 = broadcast(sload(xp, xb + 2 * C + c))
+                                a_2_0 = fma(x_2, w_0, a_2_0)
+                                x_3 = broadcast(sload(xp, xb + 3 * C + c))
+                                a_3_0 = fma(x_3, w_0, a_3_0)
+                                x_4 = broadcast(sload(xp, xb + 4 * C + c))
+                                a_4_0 = fma(x_4, w_0, a_4_0)
+                                x_5 = broadcast(sload(xp, xb + 5 * C + c))
+                                a_5_0 = fma(x_5, w_0, a_5_0)
+                                x_6 = broadcast(sload(xp, xb + 6 * C + c))
+                                a_6_0 = fma(x_6, w_0, a_6_0)
+                                x_7 = broadcast(sload(xp, xb + 7 * C + c))
+                                a_7_0 = fma(x_7, w_0, a_7_0)
+                    s = vadd(a_0_0, b_0)
+                    vstore(row, 0, vrelu(s) if relu else s)
+                    s = vadd(a_1_0, b_0)
+                    vstore(row, 16, vrelu(s) if relu else s)
+                    s = vadd(a_2_0, b_0)
+                    vstore(row, 32, vrelu(s) if relu else s)
+                    s = vadd(a_3_0, b_0)
+                    vstore(row, 48, vrelu(s) if relu else s)
+                    s = vadd(a_4_0, b_0)
+                    vstore(row, 64, vrelu(s) if relu else s)
+                    s = vadd(a_5_0, b_0)
+                    vstore(row, 80, vrelu(s) if relu else s)
+                    s = vadd(a_6_0, b_0)
+                    vstore(row, 96, vrelu(s) if relu else s)
+                    s = vadd(a_7_0, b_0)
+                    vstore(row, 112, vrelu(s) if relu else s)
+                    yb = ((n * OH + oh) * OW + first) * F
+                    for p in range(8):
+                        for f in range(F):
+                            y[yb + p * F + f] = row[p * 16 + f]
+                for last in range(tiles * 8, OW):
+                    a_0_0 = vzero()
+                    for kh in range(KH):
+                        for kw in range(KW):
+                            xb = ((oh + kh) * Wp + last + kw) * C
+                            wb = (kh * KW + kw) * C * 16
+                            for c in range(C):
+                                w_0 = vload(wt, wb + c * 16 + 0)
+                                x_0 = broadcast(sload(xp, xb + 0 * C + c))
+                                a_0_0 = fma(x_0, w_0, a_0_0)
+                    s = vadd(a_0_0, b_0)
+                    vstore(row, 0, vrelu(s) if relu else s)
+                    yb = ((n * OH + oh) * OW + last) * F
+                    for p in range(1):
+                        for f in range(F):
+                            y[yb + p * F + f] = row[p * 16 + f]
+
+
+@kernel
+def _narrow_conv_v2(x, wt, b, relu, KH, KW, ph0, pw0, part, y4):
+    """See the module docstring: at most 32 output channels."""
+    N, H, W, C = x.shape
+    OH, OW, F = y4.shape[1], y4.shape[2], y4.shape[3]
+    Wp = OW + KW - 1
+    y = y4.reshape(y4.size)
+    xf = x.reshape(x.size)
+    runs = part.shape[0]
+    tiles = OW // 8
+    for t in prange(runs):
+        xp = np.zeros((OH + KH - 1) * Wp * C, np.float32)
+        row = np.empty(256, np.float32)
+        for n in range(t * N // runs, (t + 1) * N // runs):
+            for h in range(H):
+                for w in range(W):
+                    src = ((n * H + h) * W + w) * C
+                    dst = ((h + ph0) * Wp + w + pw0) * C
+                    for c in range(C):
+                        xp[dst + c] = xf[src + c]
+            b_0 = vload(b, 0)
+            b_1 = vload(b, 16)
+            for oh in range(OH):
+                for tile in range(tiles):
+                    first = tile * 8
+                    a_0_0 = a_0_1 = vzero()
+                    a_1_0 = a_1_1 = vzero()
+                    a_2_0 = a_2_1 = vzero()
+                    a_3_0 = a_3_1 = vzero()
+                    a_4_0 = a_4_1 = vzero()
+                    a_5_0 = a_5_1 = vzero()
+                    a_6_0 = a_6_1 = vzero()
+                    a_7_0 = a_7_1 = vzero()
+                    for kh in range(KH):
+                        for kw in range(KW):
+                            xb = ((oh + kh) * Wp + first + kw) * C
+                            wb = (kh * KW + kw) * C * 32
+                            for c in range(C):
+                                w_0 = vload(wt, wb + c * 32 + 0)
+                                w_1 = vload(wt, wb + c * 32 + 16)
+                                x_0 = broadcast(sload(xp, xb + 0 * C + c))
+                                a_0_0 = fma(x_0, w_0, a_0_0)
+                                a_0_1 = fma(x_0, w_1, a_0_1)
+                                x_1 = broadcast(sload(xp, xb + 1 * C + c))
+                                a_1_0 = fma(x_1, w_0, a_1_0)
+                                a_1_1 = fma(x_1, w_1, a_1_1)
+                                x_2 = broadcast(sload(xp, xb + 2 * C + c))
+                                a_2_0 = fma(x_2, w_0, a_2_0)
+                                a_2_1 = fma(x_2, w_1, a_2_1)
+                                x_3 = broadcast(sload(xp, xb + 3 * C + c))
+                                a_3_0 = fma(x_3, w_0, a_3_0)
+                                a_3_1 = fma(x_3, w_1, a_3_1)
+                                x_4 = broadcast(sload(xp, xb + 4 * C + c))
+                                a_4_0 = fma(x_4, w_0, a_4_0)
+                                a_4_1 = fma(x_4, w_1, a_4_1)
+                                x_5 = broadcast(sload(xp, xb + 5 * C + c))
+                                a_5_0 = fma(x_5, w_0, a_5_0)
+                                a_5_1 = fma(x_5, w_1, a_5_1)
+                                x_6 = broadcast(sload(xp, xb + 6 * C + c))
+                                a_6_0 = fma(x_6, w_0, a_6_0)
+                                a_6_1 = fma(x_6, w_1, a_6_1)
+                                x_7 = broadcast(sload(xp, xb + 7 * C + c))
+                                a_7_0 = fma(x_7, w_0, a_7_0)
+                                a_7_1 = fma(x_7, w_1, a_7_1)
+                    s = vadd(a_0_0, b_0)
+                    vstore(row, 0, vrelu(s) if relu else s)
+                    s = vadd(a_0_1, b_1)
+                    vstore(row, 16, vrelu(s) if relu else s)
+                    s = vadd(a_1_0, b_0)
+                    vstore(row, 32, vrelu(s) if relu else s)
+                    s = vadd(a_1_1, b_1)
+                    vstore(row, 48, vrelu(s) if relu else s)
+                    s = vadd(a_2_0, b_0)
+                    vstore(row, 64, vrelu(s) if relu else s)
+                    s = vadd(a_2_1, b_1)
+                    vstore(row, 80, vrelu(s) if relu else s)
+                    s = vadd(a_3_0, b_0)
+                    vstore(row, 96, vrelu(s) if relu else s)
+                    s = vadd(a_3_1, b_1)
+                    vstore(row, 112, vrelu(s) if relu else s)
+                    s = vadd(a_4_0, b_0)
+                    vstore(row, 128, vrelu(s) if relu else s)
+                    s = vadd(a_4_1, b_1)
+                    vstore(row, 144, vrelu(s) if relu else s)
+                    s = vadd(a_5_0, b_0)
+                    vstore(row, 160, vrelu(s) if relu else s)
+                    s = vadd(a_5_1, b_1)
+                    vstore(row, 176, vrelu(s) if relu else s)
+                    s = vadd(a_6_0, b_0)
+                    vstore(row, 192, vrelu(s) if relu else s)
+                    s = vadd(a_6_1, b_1)
+                    vstore(row, 208, vrelu(s) if relu else s)
+                    s = vadd(a_7_0, b_0)
+                    vstore(row, 224, vrelu(s) if relu else s)
+                    s = vadd(a_7_1, b_1)
+                    vstore(row, 240, vrelu(s) if relu else s)
+                    yb = ((n * OH + oh) * OW + first) * F
+                    for p in range(8):
+                        for f in range(F):
+                            y[yb + p * F + f] = row[p * 32 + f]
+                for last in range(tiles * 8, OW):
+                    a_0_0 = a_0_1 = vzero()
+                    for kh in range(KH):
+                        for kw in range(KW):
+                            xb = ((oh + kh) * Wp + last + kw) * C
+                            wb = (kh * KW + kw) * C * 32
+                            for c in range(C):
+                                w_0 = vload(wt, wb + c * 32 + 0)
+                                w_1 = vload(wt, wb + c * 32 + 16)
+                                x_0 = broadcast(sload(xp, xb + 0 * C + c))
+                                a_0_0 = fma(x_0, w_0, a_0_0)
+                                a_0_1 = fma(x_0, w_1, a_0_1)
+                    s = vadd(a_0_0, b_0)
+                    vstore(row, 0, vrelu(s) if relu else s)
+                    s = vadd(a_0_1, b_1)
+                    vstore(row, 16, vrelu(s) if relu else s)
+                    yb = ((n * OH + oh) * OW + last) * F
+                    for p in range(1):
+                        for f in range(F):
+                            y[yb + p * F + f] = row[p * 32 + f]

@@ -8,6 +8,12 @@ Forward: y = conv(x) + b (+ ReLU) in one kernel. Backward: the data gradient is 
 kernel on dy with the flipped, transposed weight, which masks dy by the forward's ReLU as it
 reads it and sums the bias gradient on the way; the weight gradient is its own kernel over
 the masked dy. Layouts as `gemm.py` (x: N×1×H×W×C, w: F×C×1×3×3).
+
+The narrow path: at inference, a stride-1 2-D conv with at most 32 filters and any window,
+padding and input channels (a lecture network's 5×5 convs with 1 and 10 channels in, 10 and
+20 out) runs `direct.py`'s narrow kernels: the same tiles, one or two vectors of filters
+(zeros beyond F), no patch matrix. In training such convs keep im2col, whose patches the
+backward reuses.
 """
 
 from __future__ import annotations
@@ -96,3 +102,29 @@ def backward(x, w, dy, need_dx: bool, y=None):
     direct._direct_weight_grad(x[:, 0], dy[:, 0], part)
     dw = part.sum(axis=0).transpose(3, 2, 0, 1)  # 3×3×C×F -> F×C×3×3
     return dx, np.ascontiguousarray(dw).reshape(w.shape), db
+
+
+#: the narrow path's most filters
+NARROW_FILTERS = 32
+
+
+def narrow_fits(x, w, groups, where, training: bool) -> bool:
+    """Whether an inference conv takes the narrow path (see the module docstring)."""
+    return (not training and x.dtype == np.float32 and w.dtype == np.float32
+            and groups == 1 and x.shape[1] == 1 and w.shape[2] == 1
+            and w.shape[0] <= NARROW_FILTERS and where.stride == (1, 1, 1)
+            and where.dilation == (1, 1, 1) and not numba.config.DISABLE_JIT)
+
+
+def narrow_forward(x, w, b, relu: bool, where, y) -> None:
+    """y = conv(x, w) + b (then max(·, 0) if `relu`) into y: N×1×OH×OW×F, for `narrow_fits`."""
+    f, c, _, kh, kw = w.shape
+    lanes = 16 if f <= 16 else 32
+    packed = np.zeros((kh, kw, c, lanes), np.float32)
+    packed[..., :f] = w[:, :, 0].transpose(2, 3, 1, 0)  # F×C×KH×KW -> KH×KW×C×F
+    bias = np.zeros(lanes, np.float32)
+    if b is not None:
+        bias[:f] = b
+    conv = direct._narrow_conv_v1 if lanes == 16 else direct._narrow_conv_v2
+    part = np.zeros((_runs(len(x)), 1), np.float32)
+    conv(x[:, 0], packed, bias, relu, kh, kw, where.pad[1], where.pad[2], part, y[:, 0])

@@ -9,7 +9,8 @@ Conv is im2col + GEMM (`im2col.py`): forward y = cols·Wᵀ; backward dW = dYᵀ
 dcols = dY·W followed by col2im. Paths, chosen per call:
 
 - 3×3, stride 1, "same" padding, 32k channels in and out, float32: the register-tiled
-  direct kernels of `direct_path.py` (no patch matrix);
+  direct kernels of `direct_path.py` (no patch matrix); at inference, stride-1 convs with
+  at most 32 filters take its narrow kernels;
 - depthwise (groups = C, one input channel per group): direct loops, `depthwise.py`;
 - small convs (`blocked.is_blocked`): one parallel Numba region per layer, `blocked.py`;
 - the rest, here: im2col / col2im as parallel Numba kernels and the GEMMs from Python
@@ -65,6 +66,9 @@ def conv_forward(x, w, b, stride, dilation, pad_before, pad_after, groups, relu=
     y2 = y.reshape(-1, f)
     if direct_path.fits(x, w, groups, where):
         direct_path.forward(x, w, b, relu, y)
+        return y
+    if direct_path.narrow_fits(x, w, groups, where, training=keep is not None):
+        direct_path.narrow_forward(x, w, b, relu, where, y)
         return y
     if is_blocked(x, w, groups, where):
         blocked_forward(x, w, b, groups, relu, where, keep, y2)
