@@ -87,27 +87,41 @@ def _copy_image(lines: list[str], indent: str, masked: bool) -> None:
         lines.append(f"{inner}vstore(xp, dst + c, vload(x, src + c))")
 
 
-def _tile(lines: list[str], indent: str, pixels: int, first: str) -> None:
-    """P = `pixels` output pixels from column `first` of row oh, channels of block fb."""
+def _accumulate(lines: list[str], indent: str, pixels: int, vectors: int, first: str,
+                window: tuple[str, str], weight_base: str) -> None:
+    """a_p_v = Σ over the window's taps (kh, kw) and the C input channels of
+    x_pad[oh + kh, first + p + kw, c] · wt[weight_base + c·block + 16v : ... + 16]: the
+    P×`vectors` accumulators of a tile of P = `pixels` pixels, each its own variable."""
+    block = 16 * vectors
     for p in range(pixels):
-        lines.append(indent + " = ".join(f"a_{p}_{v}" for v in range(VECTORS)) + " = vzero()")
-    lines += [f"{indent}for kh in range(3):",
-              f"{indent}    for kw in range(3):",
+        lines.append(indent + " = ".join(f"a_{p}_{v}" for v in range(vectors)) + " = vzero()")
+    lines += [f"{indent}for kh in range({window[0]}):",
+              f"{indent}    for kw in range({window[1]}):",
               f"{indent}        xb = ((oh + kh) * Wp + {first} + kw) * C",
-              f"{indent}        wb = ((fb * 3 + kh) * 3 + kw) * C * {BLOCK}",
+              f"{indent}        wb = {weight_base}",
               f"{indent}        for c in range(C):"]
     inner = indent + "            "
-    for v in range(VECTORS):
-        lines.append(f"{inner}w_{v} = vload(wt, wb + c * {BLOCK} + {16 * v})")
+    for v in range(vectors):
+        lines.append(f"{inner}w_{v} = vload(wt, wb + c * {block} + {16 * v})")
     for p in range(pixels):
         lines.append(f"{inner}x_{p} = broadcast(sload(xp, xb + {p} * C + c))")
-        for v in range(VECTORS):
+        for v in range(vectors):
             lines.append(f"{inner}a_{p}_{v} = fma(x_{p}, w_{v}, a_{p}_{v})")
+
+
+def _finished(p: int, v: int) -> str:
+    """Accumulator (p, v) plus the bias, through the ReLU if `relu`: the value stored."""
+    return f"vrelu(vadd(a_{p}_{v}, b_{v})) if relu else vadd(a_{p}_{v}, b_{v})"
+
+
+def _tile(lines: list[str], indent: str, pixels: int, first: str) -> None:
+    """P = `pixels` output pixels from column `first` of row oh, channels of block fb."""
+    _accumulate(lines, indent, pixels, VECTORS, first, ("3", "3"),
+                f"((fb * 3 + kh) * 3 + kw) * C * {BLOCK}")
     lines.append(f"{indent}yb = ((n * H + oh) * W + {first}) * F + fb * {BLOCK}")
     for p in range(pixels):
         for v in range(VECTORS):
-            lines += [f"{indent}s = vadd(a_{p}_{v}, b_{v})",
-                      f"{indent}vstore(y, yb + {p} * F + {16 * v}, vrelu(s) if relu else s)"]
+            lines.append(f"{indent}vstore(y, yb + {p} * F + {16 * v}, {_finished(p, v)})")
 
 
 def _conv(pixels: int) -> list[str]:
@@ -182,24 +196,11 @@ def _narrow_tile(lines: list[str], indent: str, pixels: int, vectors: int, first
     KH×KW×C window; the sums go through the run's row buffer, which drops the padding
     channels on the way to y."""
     block = 16 * vectors
-    for p in range(pixels):
-        lines.append(indent + " = ".join(f"a_{p}_{v}" for v in range(vectors)) + " = vzero()")
-    lines += [f"{indent}for kh in range(KH):",
-              f"{indent}    for kw in range(KW):",
-              f"{indent}        xb = ((oh + kh) * Wp + {first} + kw) * C",
-              f"{indent}        wb = (kh * KW + kw) * C * {block}",
-              f"{indent}        for c in range(C):"]
-    inner = indent + "            "
-    for v in range(vectors):
-        lines.append(f"{inner}w_{v} = vload(wt, wb + c * {block} + {16 * v})")
-    for p in range(pixels):
-        lines.append(f"{inner}x_{p} = broadcast(sload(xp, xb + {p} * C + c))")
-        for v in range(vectors):
-            lines.append(f"{inner}a_{p}_{v} = fma(x_{p}, w_{v}, a_{p}_{v})")
+    _accumulate(lines, indent, pixels, vectors, first, ("KH", "KW"),
+                f"(kh * KW + kw) * C * {block}")
     for p in range(pixels):
         for v in range(vectors):
-            lines += [f"{indent}s = vadd(a_{p}_{v}, b_{v})",
-                      f"{indent}vstore(row, {p * block + 16 * v}, vrelu(s) if relu else s)"]
+            lines.append(f"{indent}vstore(row, {p * block + 16 * v}, {_finished(p, v)})")
     lines += [f"{indent}yb = ((n * OH + oh) * OW + {first}) * F",
               f"{indent}for p in range({pixels}):",
               f"{indent}    for f in range(F):",
