@@ -57,12 +57,15 @@ def conv_forward(x, w, b, stride, dilation, pad_before, pad_after, groups, relu=
     sizes = conv_output(x.shape[1:4], kernel, stride, dilation, pad_before, pad_after)
     where = geometry(kernel, stride, dilation, pad_before, sizes)
     f = w.shape[0]
-    y = out_buffer(out, (x.shape[0], *sizes, f), x.dtype)
     if _is_depthwise(x, w, groups):
-        y[...] = _depthwise_forward(x, w, b, where)
+        y = _depthwise_forward(x, w, b, where)
         if relu:
             _add_bias(y.reshape(-1, y.shape[-1]), None, True)
-        return y
+        if out is None:
+            return y
+        out_buffer(out, y.shape, y.dtype)[...] = y
+        return out
+    y = out_buffer(out, (x.shape[0], *sizes, f), x.dtype)
     y2 = y.reshape(-1, f)
     if direct_path.fits(x, w, groups, where):
         direct_path.forward(x, w, b, relu, y)
