@@ -20,7 +20,7 @@ import networkx as nx
 import numpy as np
 
 from cnndsl.memory import check_fits
-from cnndsl.ops import OPS, Ctx, Layer, frozen_geometry, graph_layer
+from cnndsl.ops import OPS, Ctx, Layer, graph_layer, with_geometry
 from cnndsl.parallel import SMALL_NET_MACS, ShardGroup, run_sharded, shard_bounds, shard_count
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters
@@ -149,8 +149,7 @@ class Model:
                     and kind in getattr(layers[reader[0]].kind,
                                         "fusable_input_activations", ())):
                 pool = layers[reader[0]]
-                layers[reader[0]] = dataclasses.replace(pool, geometry=frozen_geometry(
-                    {**(pool.geometry or {}), "input_activation": kind}))
+                layers[reader[0]] = with_geometry(pool, input_activation=kind)
                 layers[i] = dataclasses.replace(layer, fused_into=pool.name)
                 continue
             source = layer.inputs[0]
@@ -160,8 +159,7 @@ class Model:
                     or self._consumers[source] != 1 or source == self.logits_name
                     or "activation" in (producer.geometry or {})):
                 continue
-            layers[j] = dataclasses.replace(producer, geometry=frozen_geometry(
-                {**(producer.geometry or {}), "activation": kind}))
+            layers[j] = with_geometry(producer, activation=kind)
             layers[i] = dataclasses.replace(layer, fused_into=source)
 
     def sandbox(self) -> Model:

@@ -100,6 +100,14 @@ def frozen_geometry(geometry):
     return None if geometry is None else MappingProxyType(dict(geometry))
 
 
+def with_geometry(layer, **entries):
+    """`layer` with `entries` added to its geometry (a run plan's fusions: "activation",
+    "input_activation"); a layer without geometry gets one of just those."""
+    from dataclasses import replace
+
+    return replace(layer, geometry=frozen_geometry({**(layer.geometry or {}), **entries}))
+
+
 @dataclass(frozen=True)
 class Layer:
     """One layer of a compiled network, as the runtime (cnndsl.model's run plan), the

@@ -22,7 +22,7 @@ import dataclasses
 
 import numpy as np
 
-from cnndsl.ops import Ctx, frozen_geometry, graph_layer
+from cnndsl.ops import Ctx, graph_layer, with_geometry
 from cnndsl.plan import fusion
 from cnndsl.plan.memory import ALIGNMENT
 from cnndsl.plan.steps import (
@@ -49,7 +49,14 @@ class PlanRunner:
                              "(lower it with itemsize=model.dtype.itemsize)")
         self._arena = _aligned_bytes(plan.arena)
         self._views = {b.name: self._view(b) for b in plan.buffers}
-        self._producer = {s.output: s for s in plan.forward_steps}
+        # a view's output is its input's buffer: each value's root, followed once here
+        views = {s.output: s.inputs[0] for s in plan.forward_steps if isinstance(s, ViewStep)}
+        self._roots = {}
+        for value in views:
+            root = value
+            while root in views:
+                root = views[root]
+            self._roots[value] = root
         self._dying = {}  # step index -> buffers whose last step it is
         for b in plan.buffers:
             self._dying.setdefault(b.last, []).append(b.name)
@@ -58,7 +65,6 @@ class PlanRunner:
         self._members = {s.index: _members(model, s, plan.train)
                          for s in plan.forward_steps}
         self._states: dict[int, list] = {}
-        self.logits_name = model.logits_name
 
     # ---- buffers ------------------------------------------------------------------
     def _view(self, buffer) -> np.ndarray:
@@ -71,9 +77,7 @@ class PlanRunner:
 
     def root(self, value: str) -> str:
         """The value whose buffer `value` is (a view's output is its input's)."""
-        while value in self._producer and isinstance(self._producer[value], ViewStep):
-            value = self._producer[value].inputs[0]
-        return value
+        return self._roots.get(value, value)
 
     def value(self, name: str) -> np.ndarray:
         return self._views[self.root(name)]
@@ -121,7 +125,6 @@ class PlanRunner:
             raise ValueError(f"the plan is for batches of {self.plan.batch}, got {len(x)}")
         if self.poison:
             self._arena[:] = POISON
-        self.ctx.train = self.plan.train
         np.copyto(self.value(self.input_name), x)
         self._states = {}
         for step in self.plan.forward_steps:
@@ -204,12 +207,12 @@ def _members(model, step, train: bool) -> list:
             pending_input_activation = kind
             continue
         if pending_input_activation is not None:
-            layer = _with_geometry(layer, input_activation=pending_input_activation)
+            layer = with_geometry(layer, input_activation=pending_input_activation)
             pending_input_activation = None
         elif members and kind is not None and kind in getattr(
                 members[-1][1], "fusable_activations", ()) \
                 and "activation" not in (members[-1][0].geometry or {}):
-            members[-1] = (_with_geometry(members[-1][0], activation=kind), members[-1][1])
+            members[-1] = (with_geometry(members[-1][0], activation=kind), members[-1][1])
             continue
         elif (not train and members and fusion.node_role(graph, name) == fusion.FOLD
               and getattr(members[-1][1], "folds_batchnorm", False)):
@@ -217,11 +220,6 @@ def _members(model, step, train: bool) -> list:
             continue
         members.append((layer, layer.kind))
     return members
-
-
-def _with_geometry(layer, **entries):
-    return dataclasses.replace(layer, geometry=frozen_geometry(
-        {**(layer.geometry or {}), **entries}))
 
 
 def _folded(layer, norm):
