@@ -20,7 +20,7 @@ import networkx as nx
 import numpy as np
 
 from cnndsl.memory import check_fits
-from cnndsl.ops import OPS, Ctx, Layer, graph_layer, with_geometry
+from cnndsl.ops import OPS, Ctx, Layer, graph_layer, with_geometry, with_pool
 from cnndsl.parallel import SMALL_NET_MACS, ShardGroup, run_sharded, shard_bounds, shard_count
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters
@@ -112,16 +112,44 @@ class Model:
         order, activations fused (see `make_layers`)."""
         return self._runners[0].layers
 
-    def make_layers(self, fuse: bool = True) -> list[Layer]:
+    def make_layers(self, fuse: bool = True, inference: bool = False) -> list[Layer]:
         """An execution plan: a cnndsl.ops.Layer per layer (read-only geometry; the
         weights are the model's arrays) with activations fused in (unless `fuse` is
         False: then every layer computes its own output, as `features` and the exporters
-        need)."""
+        need). `inference`: a plan for forwards no backward follows, with max pools
+        fused into the convs before them (`_fuse_pools`)."""
         layers = [graph_layer(self.graph, name, self._arrays[name]) for name in self.graph
                   if name != self.input_name]
         if fuse:
             self._fuse_activations(layers)
+            if inference:
+                self._fuse_pools(layers)
         return layers
+
+    def _fuse_pools(self, layers: list[Layer]) -> None:
+        """Inference: a pool read from a layer that can compute it (`cnndsl.ops.with_pool`:
+        a conv and a max pool), through nothing but the ReLU the pool took, is computed
+        by that layer in the same pass; the pool and the ReLU become pass-throughs. Only
+        where each value on the way has that one reader and is not the logits or output."""
+        index = {layer.name: i for i, layer in enumerate(layers)}
+        protected = (self.logits_name, self.output_name)
+        for i, pool in enumerate(layers):
+            if pool.fused_into or len(pool.inputs) != 1 or pool.inputs[0] not in index:
+                continue
+            chain = [index[pool.inputs[0]]]  # the producer, after the ReLU the pool took
+            while (layers[chain[-1]].fused_into == pool.name
+                   and layers[chain[-1]].inputs[0] in index):
+                chain.append(index[layers[chain[-1]].inputs[0]])
+            producer = layers[chain[-1]]
+            if any(self._consumers[layers[j].name] != 1 or layers[j].name in protected
+                   for j in chain):
+                continue
+            fused = with_pool(producer, pool)
+            if fused is None:
+                continue
+            layers[chain[-1]] = fused
+            for j in [*chain[:-1], i]:
+                layers[j] = dataclasses.replace(layers[j], fused_into=producer.name)
 
     def _fuse_activations(self, layers: list[Layer]) -> None:
         """The fusion plan: a layer whose op lists an activation in `fusable_activations`,
@@ -487,8 +515,9 @@ class _Runner:
         self.layers = model.make_layers()
         #: per layer, the op class run (a pass-through for a fused activation) and its
         #: work area (Ctx.work): this runner's own, where geometry is shared
-        self.steps = [(layer, _FusedInto if layer.fused_into else layer.kind, {})
-                      for layer in self.layers]
+        self.steps = _steps(self.layers)
+        #: the same for a forward that saves nothing (pools fused into convs)
+        self.inference_steps = _steps(model.make_layers(inference=True))
         self.saved = None
         self.logits = None
         #: None, or timer(phase, layer) called at the start of each pass (layer None) and
@@ -506,7 +535,8 @@ class _Runner:
         if timer is not None:
             timer("forward", None)
         ctx = self.ctx
-        for layer, op, work in self.steps:
+        ctx.saves = save
+        for layer, op, work in self.steps if save else self.inference_steps:
             name, inputs = layer.name, layer.inputs
             ctx.work = work
             y, state = op.forward(layer.params, layer.geometry, layer.weights,
@@ -575,6 +605,10 @@ class _Runner:
                 timer("backward", name)
         self.ctx.need_dx = True
         return pending.get(input_name), grads
+
+
+def _steps(layers: list[Layer]) -> list[tuple]:
+    return [(layer, _FusedInto if layer.fused_into else layer.kind, {}) for layer in layers]
 
 
 class _FusedInto:

@@ -93,7 +93,8 @@ def test_direct_conv_writes_into_out_and_keeps_nan():
     (2, 12, 12, 10, 20, 5, (0, 0), (0, 0)),   # its second: two vectors
     (3, 9, 11, 3, 32, 3, (1, 1), (1, 1)),     # same padding, a remainder of 3 pixels
     (2, 7, 5, 5, 16, 3, (0, 1), (2, 0)),      # asymmetric padding, tiles of one pixel
-    (2, 6, 13, 2, 7, 2, (0, 0), (0, 1))])     # an even window
+    (2, 6, 13, 2, 7, 2, (0, 0), (0, 1)),      # an even window
+    (2, 8, 9, 16, 16, 3, (1, 1), (1, 1))])    # 16 filters on 16 channels: conv_forward's
 @pytest.mark.parametrize("relu", [False, True])
 def test_narrow_conv_forward_equals_the_numpy_twin_at_inference(n, h, width, c, f, k, before,
                                                                  after, relu):
@@ -106,12 +107,16 @@ def test_narrow_conv_forward_equals_the_numpy_twin_at_inference(n, h, width, c, 
     assert direct_path.narrow_fits(x, w, 1, where, training=False)
     assert not direct_path.narrow_fits(x, w, 1, where, training=True)  # keeps im2col
     for b in (rng.standard_normal(f).astype(np.float32), None):
-        y = conv_forward(x, w, b, *geometry, relu=relu)
+        # called directly: conv_forward gives most of these convs the planar kernels
+        y = np.full((n, 1, *out, f), np.nan, np.float32)
+        direct_path.narrow_forward(x, w, b, relu, where, y)
         y0 = reference.conv_forward(x.astype(np.float64), w.astype(np.float64),
                                     None if b is None else b.astype(np.float64), *geometry,
                                     relu=relu)
-        assert y.shape == y0.shape == (n, 1, *out, f)
+        assert y0.shape == (n, 1, *out, f)
         _close(y, y0, "y")
+        if f % 16 == 0 and c >= 8:  # the narrow kernels' own convs: conv_forward's too
+            _close(conv_forward(x, w, b, *geometry, relu=relu), y0, "conv_forward")
 
 
 def test_which_inference_convs_take_the_narrow_path():

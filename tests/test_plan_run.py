@@ -102,19 +102,28 @@ def test_inference_plans_with_batchnorm_folded_give_the_models_output(name):
         _close(_run_plan(model, False, fuse, True, x), expected, f"{name} fuse={fuse}")
 
 
-def test_fusion_runs_the_relu_in_the_pool_and_folds_batchnorm():
+def test_fusion_runs_relu_and_pool_in_the_conv_and_folds_batchnorm():
     text = ("input 12x12x3\nConv(8, 3, bias=false) -> BatchNorm -> ReLU -> MaxPool(2) -> "
             "Conv(8, 3) -> ReLU -> MaxPool(2) -> FC(16) -> ReLU -> FC(10)")
     model = Model(check_text(text), dtype=np.float64)
     inference = PlanRunner(model, lower(model.graph, BATCH, False, itemsize=8))
-    members = [[(layer.name, dict(layer.geometry or {}).get("activation"),
-                 dict(layer.geometry or {}).get("input_activation"))
-                for layer, _ in group] for group in inference._members.values()]
-    assert members == [
-        [("conv1", None, None), ("maxpool1", None, "relu")],  # BN folded, ReLU in the pool
-        [("conv2", None, None), ("maxpool2", None, "relu")],
-        [("fc1", "relu", None)],                                # FC + ReLU
-        [("fc2", None, None)]]                                  # the logits: alone
+    def members(runner):
+        return [[(layer.name, dict(layer.geometry or {}).get("activation"),
+                  dict(layer.geometry or {}).get("input_activation"),
+                  dict(layer.geometry or {}).get("pool")) for layer, _ in group]
+                for group in runner._members.values()]
+
+    pool = ((1, 2, 2), (1, 2, 2), (0, 0, 0), (0, 0, 0))
+    # BN folded, the ReLU and the max pool computed by the conv
+    assert members(inference) == [
+        [("conv1", "relu", None, pool)],
+        [("conv2", "relu", None, pool)],
+        [("fc1", "relu", None, None)],                          # FC + ReLU
+        [("fc2", None, None, None)]]                            # the logits: alone
+    # training: the ReLU in the pool (which keeps its argmax for the backward)
+    assert members(PlanRunner(model, lower(model.graph, BATCH, True, itemsize=8)))[:2] == [
+        [("conv1", None, None, None)], [("batchnorm1", None, None, None),
+                                        ("maxpool1", None, "relu", None)]]
     folded = inference._members[0][0][0]
     assert folded.params.bias and not np.array_equal(
         folded.weights["weight"], model.parameters()["conv1.weight"])  # a folded copy

@@ -41,9 +41,10 @@ def _window(o, s, p0, k, n):
 
 
 @kernel
-def _maxpool_fwd(x, kd, kh, kw, sd, sh, sw, pd0, ph0, pw0, relu, y, am):
-    """y = max over the window (argmax into am); `relu`: then max(y, 0) where the window
-    is not empty: the pool of ReLU(x) (ReLU commutes with max), in the same pass."""
+def _maxpool_fwd(x, kd, kh, kw, sd, sh, sw, pd0, ph0, pw0, relu, indices, y, am):
+    """y = max over the window (argmax into am if `indices`, else am is not touched);
+    `relu`: then max(y, 0) where the window is not empty: the pool of ReLU(x) (ReLU
+    commutes with max), in the same pass."""
     _, d_, h_, w_, c_ = x.shape
     n_, do, ho, wo, _ = y.shape
     # flat arrays and unsigned indices (U): no per-element wraparound test and no per-row
@@ -56,7 +57,8 @@ def _maxpool_fwd(x, kd, kh, kw, sd, sh, sw, pd0, ph0, pw0, relu, y, am):
         y0 = U(r * wo * c_)                      # y[n, od, oh] (r = (n·Do + od)·Ho + oh)
         for t in range(U(wo * c_)):
             yf[y0 + t] = -np.inf
-            af[y0 + t] = -1
+            if indices:
+                af[y0 + t] = -1
         for a in range(alo, ahi):
             for b in range(blo, bhi):
                 base = ((d0 + a) * h_ + h0 + b) * w_
@@ -67,6 +69,15 @@ def _maxpool_fwd(x, kd, kh, kw, sd, sh, sw, pd0, ph0, pw0, relu, y, am):
                     for e in range(elo, ehi):
                         xo = U(xrow + (w0 + e) * c_)
                         idx = base + w0 + e
+                        if not indices:
+                            # the values alone: from -inf, > takes every larger one and a
+                            # NaN wins once
+                            for c in range(U(c_)):
+                                v = xf[xo + c]
+                                m = yf[yo + c]
+                                take = v > m or (math.isnan(v) and not math.isnan(m))
+                                yf[yo + c] = v if take else m
+                            continue
                         for c in range(U(c_)):
                             v = xf[xo + c]
                             m = yf[yo + c]
@@ -77,9 +88,14 @@ def _maxpool_fwd(x, kd, kh, kw, sd, sh, sw, pd0, ph0, pw0, relu, y, am):
                             yf[yo + c] = v if take else m
                             af[yo + c] = idx if take else k
         if relu:
-            for t in range(U(wo * c_)):
-                if af[y0 + t] >= 0 and yf[y0 + t] < 0:
-                    yf[y0 + t] = 0.0
+            for ow in range(wo):
+                _, elo, ehi = _window(ow, sw, pw0, kw, w_)
+                if alo >= ahi or blo >= bhi or elo >= ehi:
+                    continue  # a window of padding alone stays -inf
+                for c in range(U(c_)):
+                    t = U(ow * c_) + c
+                    if yf[y0 + t] < 0:
+                        yf[y0 + t] = 0.0
 
 
 @kernel
@@ -266,21 +282,23 @@ def _check_spatial(x_shape):
         raise ValueError("spatial size too large for int32 argmax")
 
 
-def maxpool_forward(x, kernel, stride, pad_before, pad_after, *, relu=False, out=None):
+def maxpool_forward(x, kernel, stride, pad_before, pad_after, *, relu=False, out=None,
+                    indices=True):
     """x: N×D×H×W×C -> (y: N×Do×Ho×Wo×C, argmax: int32 N×Do×Ho×Wo×C), see module docstring.
 
     Padding never wins; ties go to the first element in window order; `out=(y, argmax)`.
     `relu`: the pool of ReLU(x), in the same pass (y = max(y, 0) where the window is not
     empty; the argmax is then x's, which routes the same gradient: see maxpool_backward).
+    `indices=False` (inference): no argmax is computed; returns (y, None).
     """
     x = _x5(x)
     g, shape = _geometry(x.shape, kernel, stride, pad_before, pad_after)
     _check_spatial(x.shape)
     yo, ao = (None, None) if out is None else out
     y = _buffer(yo, shape, x.dtype)
-    am = _buffer(ao, shape, np.int32)
-    _maxpool_fwd(x, *g, relu, y, am)
-    return y, am
+    am = _buffer(ao, shape, np.int32) if indices else np.empty(1, np.int32)
+    _maxpool_fwd(x, *g, relu, indices, y, am)
+    return y, am if indices else None
 
 
 def maxpool_backward(dy, argmax, x_shape, *, y=None, out=None):

@@ -81,6 +81,9 @@ class Ctx:
     #: arena (cnndsl.plan.run). An op that honours it returns this array itself; one that
     #: does not returns its own, which the runner copies there
     out: np.ndarray | None = None
+    #: False on a forward whose state no backward will read (inference): an op may then
+    #: skip what only its backward needs (a max pool's argmax)
+    saves: bool = True
 
     def kernels(self, family: str):
         """The kernel module of a family ("conv", "pool", ...) for this backend."""
@@ -106,6 +109,27 @@ def with_geometry(layer, **entries):
     from dataclasses import replace
 
     return replace(layer, geometry=frozen_geometry({**(layer.geometry or {}), **entries}))
+
+
+def with_pool(producer, pool):
+    """At inference: `producer` computing the pool layer `pool` of its output itself, or
+    None when its op cannot (its `fusable_pools` must list the pool op's `pool_reduction`).
+    Its geometry gains "pool" (the pool's kernel, stride, pad_before, pad_after) and, if
+    the pool took a ReLU on its input, "activation"; its shape becomes the pool's. The run
+    plans' conv -> ReLU -> max pool in one pass (no backward: the pool keeps no argmax)."""
+    from dataclasses import replace
+
+    reduction = getattr(pool.kind, "pool_reduction", None)
+    if reduction is None or reduction not in getattr(producer.kind, "fusable_pools", ()):
+        return None
+    g = pool.geometry
+    entries = {"pool": (g["kernel"], g["stride"], g["pad_before"], g["pad_after"])}
+    activation = g.get("input_activation")
+    if activation is not None:
+        if "activation" in (producer.geometry or {}):
+            return None
+        entries["activation"] = activation
+    return replace(with_geometry(producer, **entries), shape=pool.shape)
 
 
 @dataclass(frozen=True)

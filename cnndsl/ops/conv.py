@@ -172,6 +172,9 @@ class Conv(Op):
     #: an inference plan may fold a BatchNorm after it into its weight (whose first axis is
     #: the output channel) and bias (cnndsl.plan.fusion.fold_batchnorm)
     folds_batchnorm = True
+    #: at inference the run plans may have it compute the max pool after it (and the ReLU
+    #: between) in the same pass: geometry then has "pool" (cnndsl.ops.with_pool)
+    fusable_pools = ("max",)
 
     @staticmethod
     def forward(p, g, w, xs, ctx):
@@ -184,7 +187,7 @@ class Conv(Op):
         y = _from5d(ctx.kernels("conv").conv_forward(
             _as5d(x), _w5d(weight), w.get("bias"), g["stride"], g["dilation"],
             g["pad_before"], g["pad_after"], p.groups, relu=relu, keep=keep,
-            out=None if ctx.out is None else _as5d(ctx.out)), x)
+            out=None if ctx.out is None else _as5d(ctx.out), pool=g.get("pool")), x)
         return y, (x, y if relu else None, keep)
 
     @staticmethod

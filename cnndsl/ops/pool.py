@@ -125,6 +125,9 @@ class MaxPool(WindowPool):
     #: folds a ReLU before the pool in: geometry then has "input_activation": "relu"):
     #: ReLU commutes with max, so the conv before keeps nothing for a ReLU mask
     fusable_input_activations = ("relu",)
+    #: what it reduces a window with: a conv whose `fusable_pools` lists it may compute
+    #: the pool itself at inference (cnndsl.ops.with_pool)
+    pool_reduction = "max"
 
     @staticmethod
     def forward(p, g, w, xs, ctx):
@@ -132,7 +135,8 @@ class MaxPool(WindowPool):
         relu = g.get("input_activation") == "relu"
         out = None if ctx.out is None else (_as5d(ctx.out), None)
         y, argmax = ctx.kernels("pool").maxpool_forward(x5, *WindowPool._window(g),
-                                                        relu=relu, out=out)
+                                                        relu=relu, out=out,
+                                                        indices=ctx.saves)
         return _from5d(y, xs[0].ndim - 2), (argmax, x5.shape, y if relu else None)
 
     @staticmethod

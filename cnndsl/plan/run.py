@@ -5,7 +5,8 @@ bytes) and makes every Buffer a view of it at its offset; a value written by a s
 in its buffer's bytes until its last reader, and then those bytes belong to the next buffer
 placed there. A step runs its fused group through the layers' op classes (the anchor
 computes a fusable activation itself, a pool that takes a ReLU on its input folds it in:
-the `fusable_activations` / `fusable_input_activations` of the op classes); its output is
+the `fusable_activations` / `fusable_input_activations` of the op classes; at inference
+a conv computes the max pool after it, `fusable_pools`); its output is
 written into its buffer, the gradients of its inputs into theirs (added up where a value
 fans out). What an op keeps inside a step (its im2col scratch, a pool's argmax, a
 BatchNorm's normalised input) is the op's own array, not the arena's.
@@ -22,7 +23,7 @@ import dataclasses
 
 import numpy as np
 
-from cnndsl.ops import Ctx, graph_layer, with_geometry
+from cnndsl.ops import Ctx, graph_layer, with_geometry, with_pool
 from cnndsl.plan import fusion
 from cnndsl.plan.memory import ALIGNMENT
 from cnndsl.plan.steps import (
@@ -60,7 +61,8 @@ class PlanRunner:
         self._dying = {}  # step index -> buffers whose last step it is
         for b in plan.buffers:
             self._dying.setdefault(b.last, []).append(b.name)
-        self.ctx = Ctx(train=plan.train, rng=model.ctx.rng, backend=model.backend)
+        self.ctx = Ctx(train=plan.train, rng=model.ctx.rng, backend=model.backend,
+                       saves=plan.train)
         self._work = {name: {} for name in graph if name != self.input_name}
         self._members = {s.index: _members(model, s, plan.train)
                          for s in plan.forward_steps}
@@ -195,7 +197,8 @@ def _members(model, step, train: bool) -> list:
     pool takes on its input (fusion.pool_activations) is folded into the pool, one the
     layer before computes itself (its op's `fusable_activations`) into that layer, and at
     inference a BatchNorm into the conv or FC before it (fusion.fold_batchnorm, on copies
-    of the weights: the model's own are not touched)."""
+    of the weights: the model's own are not touched) and a max pool into the conv before
+    it (cnndsl.ops.with_pool)."""
     graph = model.graph
     into_pool = fusion.pool_activations(graph, step.layers)
     members = []
@@ -219,6 +222,10 @@ def _members(model, step, train: bool) -> list:
             members[-1] = (_folded(members[-1][0], layer), members[-1][1])
             continue
         members.append((layer, layer.kind))
+    if not train and len(members) >= 2:  # a conv computing the max pool after it
+        fused = with_pool(members[-2][0], members[-1][0])
+        if fused is not None:
+            members[-2:] = [(fused, fused.kind)]
     return members
 
 

@@ -122,3 +122,25 @@ def vmasked(typingctx, a, mask):
     def codegen(context, builder, signature, args):
         return builder.select(builder.fcmp_ordered(">", args[1], _ZERO), args[0], _ZERO)
     return f32x16(a, mask), codegen
+
+
+@intrinsic
+def vmax(typingctx, a, b):
+    """max(a, b) lane by lane, a NaN in b winning over a number in a (and a NaN in a
+    staying): the max pool's rule, folded over a window as m = vmax(m, v)."""
+    def codegen(context, builder, signature, args):
+        first, second = args
+        take = builder.or_(builder.fcmp_unordered("uno", second, second),
+                           builder.fcmp_ordered(">", second, first))
+        return builder.select(take, second, first)
+    return f32x16(a, b), codegen
+
+
+@intrinsic
+def veven(typingctx, a, b):
+    """The even lanes of a then b: elements 0, 2, ..., 30 of the 32 floats a ++ b (a row's
+    every other element, as a stride-2 pool reads it)."""
+    def codegen(context, builder, signature, args):
+        even = ir.Constant(ir.VectorType(ir.IntType(32), LANES), list(range(0, 2 * LANES, 2)))
+        return builder.shuffle_vector(args[0], args[1], even)
+    return f32x16(a, b), codegen

@@ -38,10 +38,11 @@ def _tap_window(tap, stride, dilation, out):
 
 
 def conv_forward(x, w, b, stride, dilation, pad_before, pad_after, groups, relu=False,
-                 keep=None, out=None):
+                 keep=None, out=None, pool=None):
     """y[n, o, f] = b[f] + sum_{tap, c} xpad[n, o*s + tap*d, g(f)*C/g + c] * w[f, c, tap],
     then max(y, 0) if `relu`. `keep` (work left for the backward) is unused here; `out`:
-    the array y is written into.
+    the array y is written into. `pool`: (kernel, stride, pad_before, pad_after) of a max
+    pool of y, returned instead (inference).
 
     x: N×D×H×W×C, w: F×(C/groups)×KD×KH×KW, b: (F,) or None -> y: N×OD×OH×OW×F.
     """
@@ -59,6 +60,10 @@ def conv_forward(x, w, b, stride, dilation, pad_before, pad_after, groups, relu=
     if b is not None:
         y += np.asarray(b, dtype=x.dtype)
     y = np.where(y < 0, 0, y) if relu else y
+    if pool is not None:
+        from cnndsl.kernels.reference.pool import maxpool_forward
+
+        y, _ = maxpool_forward(y, *pool, indices=False)
     if out is None:
         return y
     out[...] = y

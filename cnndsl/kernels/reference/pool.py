@@ -38,7 +38,11 @@ def _out_shape(x_shape, kernel, stride, pad_before, pad_after):
                  for i, k, s, a, b in zip(size, kernel, stride, pad_before, pad_after)), c)
 
 
-def maxpool_forward(x, kernel, stride, pad_before, pad_after, *, relu=False, out=None):
+def maxpool_forward(x, kernel, stride, pad_before, pad_after, *, relu=False, out=None,
+                    indices=True):
+    if not indices:  # inference: the values alone
+        y, _ = maxpool_forward(x, kernel, stride, pad_before, pad_after, relu=relu)
+        return _into(None if out is None else out[0], y), None
     if relu:  # the pool of ReLU(x): ReLU commutes with max; argmax stays x's
         y, am = maxpool_forward(x, kernel, stride, pad_before, pad_after)
         y = np.where((am >= 0) & (y < 0), np.zeros_like(y), y)
