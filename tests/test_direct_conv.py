@@ -133,3 +133,21 @@ def test_which_inference_convs_take_the_narrow_path():
     grouped = np.zeros((2, 1, 8, 8, 4), np.float32)
     assert not direct_path.narrow_fits(grouped, np.zeros((8, 2, 1, 3, 3), np.float32), 2,
                                        where, False)
+
+
+@pytest.mark.parametrize("group_images", [1, 2, 3])
+def test_weight_gradient_in_groups_of_images_equals_the_numpy_twin(monkeypatch, group_images):
+    """The weight gradient sums a run's images a group at a time (`direct_path._group`):
+    groups of 1, 2 (a partial last group) and 3 of runs of up to 4 images give the same dW."""
+    n, h, width, c, f = 7, 5, 6, 32, 32
+    plane = (h + 2) * (width + 2) * c * 4
+    monkeypatch.setattr(direct_path, "GROUP_BYTES", plane * group_images)
+    assert direct_path._group(4, h, width, c) == group_images
+    rng = np.random.default_rng(group_images)
+    x = rng.standard_normal((n, 1, h, width, c)).astype(np.float32)
+    w = rng.standard_normal((f, c, 1, 3, 3)).astype(np.float32)
+    dy = rng.standard_normal((n, 1, h, width, f)).astype(np.float32)
+    _, dw, _ = conv_backward(x, w, dy, *SAME, need_dx=False)
+    _, dw0, _ = reference.conv_backward(x.astype(np.float64), w.astype(np.float64),
+                                        dy.astype(np.float64), *SAME, need_dx=False)
+    _close(dw, dw0, "dw")

@@ -13,8 +13,12 @@ images (T = part.shape[0], one per thread); a run copies each image into a zero-
   flipped, transposed weight; there `masked` zeroes dy where m <= 0 as it is copied (the
   forward's ReLU), writes that masked dy to mo and adds it up per run into part (T×C, the
   bias gradient's partial sums). Forward calls pass masked=False (m, mo, part unread).
-- `_direct_weight_grad(x, dy, part)`: part[t] (T×3×3×C×F) = Σ over run t's images and
-  pixels of x_pad[n, h+kh, w+kw, c]·dy[n, h, w, f]; the caller sums over t.
+- `_direct_weight_grad(x, dy, group, part)`: part[t] (T×3×3×C×F) = Σ over run t's images
+  and pixels of x_pad[n, h+kh, w+kw, c]·dy[n, h, w, f]; the caller sums over t. The run's
+  images go `group` at a time into a scratch of padded copies, and each tile of 8 input
+  channels × 32 outputs × one tap sums over all pixels of the group's images in registers
+  before it is added to part: on small images (8×8) a tile's sums then cover many images'
+  pixels, not one image's 64, and the group's slices stay in L2 across the tiles.
 - `_narrow_conv_v1/v2(x, wt, b, relu, KH, KW, ph0, pw0, part, y4)`: the forward of a
   stride-1 conv with any KH×KW window, zero padding (ph0, pw0 before; the output size says
   the rest) and channel count C, and at most 16 / 32 output channels (wt: KH×KW×C×16·v, b:
@@ -240,29 +244,35 @@ def _direct_conv_p8(x, wt, b, relu, m, masked, mo, part, y):
 
 
 @kernel
-def _direct_weight_grad(x, dy, part):
+def _direct_weight_grad(x, dy, group, part):
     """See the module docstring."""
     N, H, W, C = x.shape
     F = dy.shape[3]
     Wp = W + 2
+    plane = (H + 2) * Wp * C
     runs = part.shape[0]
     for t in prange(runs):
-        xp = np.zeros((H + 2) * Wp * C, np.float32)
+        xp = np.zeros(group * plane, np.float32)
         base = t * 9 * C * F
         flat = part.reshape(part.size)
         for i in range(9 * C * F):
             flat[base + i] = 0.0
-        for n in range(t * N // runs, (t + 1) * N // runs):
-            for h in range(H):
-                for w in range(W):
-                    src = ((n * H + h) * W + w) * C
-                    dst = ((h + 1) * Wp + w + 1) * C
-                    for c in range(0, C, 16):
-                        vstore(xp, dst + c, vload(x, src + c))
-            for kh in range(3):
-                for kw in range(3):
-                    for cb in range(C // 8):
-                        for fb in range(F // 32):
+        last = (t + 1) * N // runs
+        for first in range(t * N // runs, last, group):
+            count = min(group, last - first)
+            for i in range(count):
+                n = first + i
+                xo = i * plane
+                for h in range(H):
+                    for w in range(W):
+                        src = ((n * H + h) * W + w) * C
+                        dst = ((h + 1) * Wp + w + 1) * C
+                        for c in range(0, C, 16):
+                            vstore(xp, xo + dst + c, vload(x, src + c))
+            for cb in range(C // 8):
+                for fb in range(F // 32):
+                    for kh in range(3):
+                        for kw in range(3):
                             a_0_0 = a_0_1 = vzero()
                             a_1_0 = a_1_1 = vzero()
                             a_2_0 = a_2_1 = vzero()
@@ -271,36 +281,37 @@ def _direct_weight_grad(x, dy, part):
                             a_5_0 = a_5_1 = vzero()
                             a_6_0 = a_6_1 = vzero()
                             a_7_0 = a_7_1 = vzero()
-                            for oh in range(H):
-                                xb = ((oh + kh) * Wp + kw) * C + cb * 8
-                                db = (n * H + oh) * W * F + fb * 32
-                                for ow in range(W):
-                                    d_0 = vload(dy, db + ow * F + 0)
-                                    d_1 = vload(dy, db + ow * F + 16)
-                                    x_0 = broadcast(sload(xp, xb + ow * C + 0))
-                                    a_0_0 = fma(x_0, d_0, a_0_0)
-                                    a_0_1 = fma(x_0, d_1, a_0_1)
-                                    x_1 = broadcast(sload(xp, xb + ow * C + 1))
-                                    a_1_0 = fma(x_1, d_0, a_1_0)
-                                    a_1_1 = fma(x_1, d_1, a_1_1)
-                                    x_2 = broadcast(sload(xp, xb + ow * C + 2))
-                                    a_2_0 = fma(x_2, d_0, a_2_0)
-                                    a_2_1 = fma(x_2, d_1, a_2_1)
-                                    x_3 = broadcast(sload(xp, xb + ow * C + 3))
-                                    a_3_0 = fma(x_3, d_0, a_3_0)
-                                    a_3_1 = fma(x_3, d_1, a_3_1)
-                                    x_4 = broadcast(sload(xp, xb + ow * C + 4))
-                                    a_4_0 = fma(x_4, d_0, a_4_0)
-                                    a_4_1 = fma(x_4, d_1, a_4_1)
-                                    x_5 = broadcast(sload(xp, xb + ow * C + 5))
-                                    a_5_0 = fma(x_5, d_0, a_5_0)
-                                    a_5_1 = fma(x_5, d_1, a_5_1)
-                                    x_6 = broadcast(sload(xp, xb + ow * C + 6))
-                                    a_6_0 = fma(x_6, d_0, a_6_0)
-                                    a_6_1 = fma(x_6, d_1, a_6_1)
-                                    x_7 = broadcast(sload(xp, xb + ow * C + 7))
-                                    a_7_0 = fma(x_7, d_0, a_7_0)
-                                    a_7_1 = fma(x_7, d_1, a_7_1)
+                            for i in range(count):
+                                for oh in range(H):
+                                    xb = i * plane + ((oh + kh) * Wp + kw) * C + cb * 8
+                                    db = ((first + i) * H + oh) * W * F + fb * 32
+                                    for ow in range(W):
+                                        d_0 = vload(dy, db + ow * F + 0)
+                                        d_1 = vload(dy, db + ow * F + 16)
+                                        x_0 = broadcast(sload(xp, xb + ow * C + 0))
+                                        a_0_0 = fma(x_0, d_0, a_0_0)
+                                        a_0_1 = fma(x_0, d_1, a_0_1)
+                                        x_1 = broadcast(sload(xp, xb + ow * C + 1))
+                                        a_1_0 = fma(x_1, d_0, a_1_0)
+                                        a_1_1 = fma(x_1, d_1, a_1_1)
+                                        x_2 = broadcast(sload(xp, xb + ow * C + 2))
+                                        a_2_0 = fma(x_2, d_0, a_2_0)
+                                        a_2_1 = fma(x_2, d_1, a_2_1)
+                                        x_3 = broadcast(sload(xp, xb + ow * C + 3))
+                                        a_3_0 = fma(x_3, d_0, a_3_0)
+                                        a_3_1 = fma(x_3, d_1, a_3_1)
+                                        x_4 = broadcast(sload(xp, xb + ow * C + 4))
+                                        a_4_0 = fma(x_4, d_0, a_4_0)
+                                        a_4_1 = fma(x_4, d_1, a_4_1)
+                                        x_5 = broadcast(sload(xp, xb + ow * C + 5))
+                                        a_5_0 = fma(x_5, d_0, a_5_0)
+                                        a_5_1 = fma(x_5, d_1, a_5_1)
+                                        x_6 = broadcast(sload(xp, xb + ow * C + 6))
+                                        a_6_0 = fma(x_6, d_0, a_6_0)
+                                        a_6_1 = fma(x_6, d_1, a_6_1)
+                                        x_7 = broadcast(sload(xp, xb + ow * C + 7))
+                                        a_7_0 = fma(x_7, d_0, a_7_0)
+                                        a_7_1 = fma(x_7, d_1, a_7_1)
                             out = base + ((kh * 3 + kw) * C + cb * 8) * F + fb * 32
                             vstore(part, out + 0 * F + 0, vadd(vload(part, out + 0 * F + 0), a_0_0))
                             vstore(part, out + 0 * F + 16, vadd(vload(part, out + 0 * F + 16), a_0_1))

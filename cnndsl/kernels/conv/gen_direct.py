@@ -38,8 +38,12 @@ images (T = part.shape[0], one per thread); a run copies each image into a zero-
   flipped, transposed weight; there `masked` zeroes dy where m <= 0 as it is copied (the
   forward's ReLU), writes that masked dy to mo and adds it up per run into part (T×C, the
   bias gradient's partial sums). Forward calls pass masked=False (m, mo, part unread).
-- `_direct_weight_grad(x, dy, part)`: part[t] (T×3×3×C×F) = Σ over run t's images and
-  pixels of x_pad[n, h+kh, w+kw, c]·dy[n, h, w, f]; the caller sums over t.
+- `_direct_weight_grad(x, dy, group, part)`: part[t] (T×3×3×C×F) = Σ over run t's images
+  and pixels of x_pad[n, h+kh, w+kw, c]·dy[n, h, w, f]; the caller sums over t. The run's
+  images go `group` at a time into a scratch of padded copies, and each tile of 8 input
+  channels × 32 outputs × one tap sums over all pixels of the group's images in registers
+  before it is added to part: on small images (8×8) a tile's sums then cover many images'
+  pixels, not one image's 64, and the group's slices stay in L2 across the tiles.
 - `_narrow_conv_v1/v2(x, wt, b, relu, KH, KW, ph0, pw0, part, y4)`: the forward of a
   stride-1 conv with any KH×KW window, zero padding (ph0, pw0 before; the output size says
   the rest) and channel count C, and at most 16 / 32 output channels (wt: KH×KW×C×16·v, b:
@@ -150,32 +154,41 @@ def _conv(pixels: int) -> list[str]:
 
 
 def _weight_grad() -> list[str]:
-    lines = ["", "", "@kernel", "def _direct_weight_grad(x, dy, part):",
+    lines = ["", "", "@kernel", "def _direct_weight_grad(x, dy, group, part):",
              '    """See the module docstring."""',
              "    N, H, W, C = x.shape",
              "    F = dy.shape[3]",
              "    Wp = W + 2",
+             "    plane = (H + 2) * Wp * C",
              "    runs = part.shape[0]",
              "    for t in prange(runs):",
-             "        xp = np.zeros((H + 2) * Wp * C, np.float32)",
+             "        xp = np.zeros(group * plane, np.float32)",
              "        base = t * 9 * C * F",
              "        flat = part.reshape(part.size)",
              "        for i in range(9 * C * F):",
              "            flat[base + i] = 0.0",
-             "        for n in range(t * N // runs, (t + 1) * N // runs):"]
-    _copy_image(lines, "            ", masked=False)
+             "        last = (t + 1) * N // runs",
+             "        for first in range(t * N // runs, last, group):",
+             "            count = min(group, last - first)",
+             "            for i in range(count):",
+             "                n = first + i",
+             "                xo = i * plane"]
+    _copy_image(lines, "                ", masked=False)
+    lines[-1] = lines[-1].replace("vstore(xp, dst + c,", "vstore(xp, xo + dst + c,")
+    indent = "                        "
+    lines += [f"            for cb in range(C // {DW_CHANNELS}):",
+              f"                for fb in range(F // {BLOCK}):",
+              "                    for kh in range(3):",
+              "                        for kw in range(3):"]
     indent = "                            "
-    lines += ["            for kh in range(3):",
-              "                for kw in range(3):",
-              f"                    for cb in range(C // {DW_CHANNELS}):",
-              f"                        for fb in range(F // {BLOCK}):"]
     for i in range(DW_CHANNELS):
         lines.append(indent + " = ".join(f"a_{i}_{v}" for v in range(VECTORS)) + " = vzero()")
-    lines += [f"{indent}for oh in range(H):",
-              f"{indent}    xb = ((oh + kh) * Wp + kw) * C + cb * {DW_CHANNELS}",
-              f"{indent}    db = (n * H + oh) * W * F + fb * {BLOCK}",
-              f"{indent}    for ow in range(W):"]
-    inner = indent + "        "
+    lines += [f"{indent}for i in range(count):",
+              f"{indent}    for oh in range(H):",
+              f"{indent}        xb = i * plane + ((oh + kh) * Wp + kw) * C + cb * {DW_CHANNELS}",
+              f"{indent}        db = ((first + i) * H + oh) * W * F + fb * {BLOCK}",
+              f"{indent}        for ow in range(W):"]
+    inner = indent + "            "
     for v in range(VECTORS):
         lines.append(f"{inner}d_{v} = vload(dy, db + ow * F + {16 * v})")
     for i in range(DW_CHANNELS):
