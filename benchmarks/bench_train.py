@@ -187,8 +187,25 @@ def main(nets, import_order: str = "numpy") -> None:
     print(f"cnndsl processes imported {import_order} first; "
           "ratio = cnndsl / PyTorch's faster layout; MB = peak RSS growth during the run; "
           "1st call = compile + first forward in a fresh process (numba cache warm); "
-          "numpy float32 matmul (4096²) reaches ≈470 GFLOP/s here with OpenBLAS's SkylakeX "
-          "kernels")
+          f"for scale, numpy's float32 matmul (2048²) reaches {matmul_gflops():.0f} GFLOP/s "
+          "here now")
+
+
+def matmul_gflops(size: int = 2048, repeats: int = 5) -> float:
+    """NumPy's float32 matmul throughput on this machine, measured now (best of `repeats`):
+    the BLAS ceiling the GFLOP/s column can be read against."""
+    import numpy as np
+
+    a = np.random.default_rng(0).random((size, size), dtype=np.float32)
+    a @ a
+    best = min(_seconds(lambda: a @ a) for _ in range(repeats))
+    return 2 * size**3 / best / 1e9
+
+
+def _seconds(work) -> float:
+    start = time.perf_counter()
+    work()
+    return time.perf_counter() - start
 
 
 def parse_arguments(argv):

@@ -6,7 +6,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cnndsl.kernels.conv import common, conv_backward, conv_forward, direct_path, gen_direct
+from cnndsl.kernels.conv import (
+    common,
+    conv_backward,
+    conv_forward,
+    direct_path,
+    gen_direct,
+    winograd,
+)
 from cnndsl.kernels.reference import conv as reference
 
 SAME = ((1, 1, 1), (1, 1, 1), (0, 1, 1), (0, 1, 1), 1)  # stride, dilation, pads, groups
@@ -151,3 +158,51 @@ def test_weight_gradient_in_groups_of_images_equals_the_numpy_twin(monkeypatch, 
     _, dw0, _ = reference.conv_backward(x.astype(np.float64), w.astype(np.float64),
                                         dy.astype(np.float64), *SAME, need_dx=False)
     _close(dw, dw0, "dw")
+
+
+# ---- Winograd F(2x2, 3x3): the direct path's small images ----------------------------
+def test_which_direct_convs_take_winograd():
+    def fits(h, width, c, f):
+        return winograd.fits(np.zeros((1, 1, h, width, c), np.float32),
+                             np.zeros((f, c, 1, 3, 3), np.float32))
+
+    assert fits(8, 8, 256, 256) and fits(16, 16, 64, 128) and fits(3, 5, 64, 64)
+    assert not fits(32, 32, 64, 64)    # 1,024 pixels: the direct kernels
+    assert not fits(16, 17, 64, 64)
+    assert not fits(14, 14, 32, 32)    # 32 channels: the direct kernels
+    assert not fits(8, 8, 64, 32)
+
+
+@pytest.mark.parametrize("n, h, width, c, f", [(2, 8, 8, 64, 64), (3, 5, 7, 64, 128),
+                                               (2, 3, 4, 128, 64), (2, 1, 1, 64, 64)])
+@pytest.mark.parametrize("relu", [False, True])
+def test_winograd_forward_and_backward_equal_the_numpy_twin(n, h, width, c, f, relu):
+    """Even and odd sizes (a tile's row or column past the image dropped), a 1×1 image;
+    the data gradient is Winograd too (the flipped, transposed weight), the weight gradient
+    the direct kernel's."""
+    rng = np.random.default_rng(n * h * width + c)
+    x = rng.standard_normal((n, 1, h, width, c)).astype(np.float32)
+    w = (rng.standard_normal((f, c, 1, 3, 3)) / np.sqrt(9 * c)).astype(np.float32)
+    assert winograd.fits(x, w) and direct_path.fits(
+        x, w, 1, common.geometry((1, 3, 3), *SAME[:3], (1, h, width)))
+    x64, w64 = x.astype(np.float64), w.astype(np.float64)
+    for b in (rng.standard_normal(f).astype(np.float32), None):
+        y = conv_forward(x, w, b, *SAME, relu=relu)
+        y0 = reference.conv_forward(x64, w64, None if b is None else b.astype(np.float64),
+                                    *SAME, relu=relu)
+        _close(y, y0, "y")
+        dy = rng.standard_normal(y.shape).astype(np.float32)
+        dx, dw, db = conv_backward(x, w, dy, *SAME, need_dx=True, y=y if relu else None)
+        dx0, dw0, db0 = reference.conv_backward(x64, w64, dy.astype(np.float64), *SAME,
+                                                need_dx=True, y=y0 if relu else None)
+        _close(dx, dx0, "dx")
+        _close(dw, dw0, "dw")
+        _close(db, db0, "db")
+
+
+def test_winograd_weights_transform_as_g_w_gt():
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((3, 2, 1, 3, 3)).astype(np.float32)
+    g = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])
+    expected = np.einsum("ai,fcij,bj->abcf", g, w[:, :, 0].astype(np.float64), g)
+    np.testing.assert_allclose(winograd.weights(w), expected.reshape(16, 2, 3), rtol=1e-6)

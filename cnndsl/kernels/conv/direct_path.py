@@ -4,6 +4,10 @@ input and output channels are multiples of 32 (most of a VGG or ResNet-style net
 or read, and the tiles run near the cores' FMA peak (≈210 GFLOP/s on this machine against
 50–150 for im2col + OpenBLAS at 32–256 channels; benchmarks/bench_conv.py).
 
+Small images (at most 256 pixels, 64+ channels in and out: a network's later stages) take
+Winograd F(2×2, 3×3) instead for the forward and the data gradient (`winograd.py`: 2.25×
+fewer multiplications, which beats kernels already near the FMA peak).
+
 Forward: y = conv(x) + b (+ ReLU) in one kernel. Backward: the data gradient is the same
 kernel on dy with the flipped, transposed weight, which masks dy by the forward's ReLU as it
 reads it and sums the bias gradient on the way; the weight gradient is its own kernel over
@@ -22,7 +26,7 @@ import numba
 import numpy as np
 
 from cnndsl import threads
-from cnndsl.kernels.conv import direct
+from cnndsl.kernels.conv import direct, winograd
 from cnndsl.kernels.conv.epilogue import _relu_masked, _sum_rows
 
 #: channel counts must be multiples of this (two 16-lane vectors per block of outputs)
@@ -69,6 +73,9 @@ def _conv(x4, packed, b, relu, y4, mask=None, masked_out=None, part=None):
 
 def forward(x, w, b, relu: bool, y) -> None:
     """y = conv(x, w) + b (then max(·, 0) if `relu`) into y: N×1×H×W×F."""
+    if winograd.fits(x, w):
+        winograd.forward(x, w, b, relu, y)
+        return
     f = w.shape[0]
     bias = np.zeros(f, np.float32) if b is None else np.ascontiguousarray(b, np.float32)
     _conv(x[:, 0], _packed(w), bias, relu, y[:, 0])
@@ -80,8 +87,16 @@ def backward(x, w, dy, need_dx: bool, y=None):
     n, c = x.shape[0], x.shape[-1]
     f = w.shape[0]
     dx = None
-    if need_dx:
+    if need_dx and winograd.fits(x, w):
         # dx = conv(dy masked, w flipped on its taps, inputs and outputs swapped)
+        if y is not None:
+            dy2, db = _relu_masked(y.reshape(-1, f), dy.reshape(-1, f))
+            dy = dy2.reshape(dy.shape)
+        else:
+            db = _sum_rows(dy.reshape(-1, f))
+        dx = np.empty_like(x)
+        winograd.forward(dy, w[:, :, :, ::-1, ::-1].transpose(1, 0, 2, 3, 4), None, False, dx)
+    elif need_dx:
         flipped = np.ascontiguousarray(w[:, :, :, ::-1, ::-1].transpose(1, 0, 2, 3, 4))
         dx = np.empty_like(x)
         if y is not None:

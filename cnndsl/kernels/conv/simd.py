@@ -144,3 +144,10 @@ def veven(typingctx, a, b):
         even = ir.Constant(ir.VectorType(ir.IntType(32), LANES), list(range(0, 2 * LANES, 2)))
         return builder.shuffle_vector(args[0], args[1], even)
     return f32x16(a, b), codegen
+
+
+@intrinsic
+def vsub(typingctx, a, b):
+    def codegen(context, builder, signature, args):
+        return builder.fsub(args[0], args[1])
+    return f32x16(a, b), codegen
