@@ -187,7 +187,7 @@ def test_winograd_forward_and_backward_equal_the_numpy_twin(n, h, width, c, f, r
         x, w, 1, common.geometry((1, 3, 3), *SAME[:3], (1, h, width)))
     x64, w64 = x.astype(np.float64), w.astype(np.float64)
     for b in (rng.standard_normal(f).astype(np.float32), None):
-        y = conv_forward(x, w, b, *SAME, relu=relu)
+        y = conv_forward(x, w, b, *SAME, relu=relu, keep={})  # keep: a training forward
         y0 = reference.conv_forward(x64, w64, None if b is None else b.astype(np.float64),
                                     *SAME, relu=relu)
         _close(y, y0, "y")
@@ -206,3 +206,32 @@ def test_winograd_weights_transform_as_g_w_gt():
     g = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]])
     expected = np.einsum("ai,fcij,bj->abcf", g, w[:, :, 0].astype(np.float64), g)
     np.testing.assert_allclose(winograd.weights(w), expected.reshape(16, 2, 3), rtol=1e-6)
+
+
+def test_winograd_runs_a_batch_in_chunks(monkeypatch):
+    """Chunks of 2 images, the last one partial: the same output as one chunk."""
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((5, 1, 4, 6, 64)).astype(np.float32)
+    w = (rng.standard_normal((64, 64, 1, 3, 3)) / 24).astype(np.float32)
+    whole = conv_forward(x, w, None, *SAME, relu=True, keep={})
+    monkeypatch.setattr(winograd, "CHUNK_BYTES", 16 * 2 * 3 * 64 * 4 * 2)
+    chunked = conv_forward(x, w, None, *SAME, relu=True, keep={})
+    np.testing.assert_array_equal(chunked, whole)
+    _close(chunked, reference.conv_forward(x.astype(np.float64), w.astype(np.float64), None,
+                                           *SAME, relu=True), "y")
+
+
+def test_winograd_runs_in_training_only(monkeypatch):
+    """Inference keeps the direct kernels (winograd.fits: peak memory); a training forward
+    and the data gradient take Winograd."""
+    calls = []
+    original = winograd.forward
+    monkeypatch.setattr(winograd, "forward", lambda *a: calls.append(1) or original(*a))
+    x = np.ones((2, 1, 8, 8, 64), np.float32)
+    w = np.full((64, 64, 1, 3, 3), 0.01, np.float32)
+    inference = conv_forward(x, w, None, *SAME)
+    assert calls == []
+    training = conv_forward(x, w, None, *SAME, keep={})
+    conv_backward(x, w, np.ones_like(training), *SAME)
+    assert calls == [1, 1]
+    _close(training, inference, "training vs inference forward")

@@ -4,9 +4,10 @@ input and output channels are multiples of 32 (most of a VGG or ResNet-style net
 or read, and the tiles run near the cores' FMA peak (≈210 GFLOP/s on this machine against
 50–150 for im2col + OpenBLAS at 32–256 channels; benchmarks/bench_conv.py).
 
-Small images (at most 256 pixels, 64+ channels in and out: a network's later stages) take
-Winograd F(2×2, 3×3) instead for the forward and the data gradient (`winograd.py`: 2.25×
-fewer multiplications, which beats kernels already near the FMA peak).
+In training, small images (at most 256 pixels, 64+ channels in and out: a network's later
+stages) take Winograd F(2×2, 3×3) instead for the forward and the data gradient
+(`winograd.py`: 2.25× fewer multiplications, which beats kernels already near the FMA
+peak).
 
 Forward: y = conv(x) + b (+ ReLU) in one kernel. Backward: the data gradient is the same
 kernel on dy with the flipped, transposed weight, which masks dy by the forward's ReLU as it
@@ -71,9 +72,10 @@ def _conv(x4, packed, b, relu, y4, mask=None, masked_out=None, part=None):
     return part
 
 
-def forward(x, w, b, relu: bool, y) -> None:
-    """y = conv(x, w) + b (then max(·, 0) if `relu`) into y: N×1×H×W×F."""
-    if winograd.fits(x, w):
+def forward(x, w, b, relu: bool, y, training: bool = True) -> None:
+    """y = conv(x, w) + b (then max(·, 0) if `relu`) into y: N×1×H×W×F. Winograd only
+    when `training` (see `winograd.fits`)."""
+    if training and winograd.fits(x, w):
         winograd.forward(x, w, b, relu, y)
         return
     f = w.shape[0]

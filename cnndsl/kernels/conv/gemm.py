@@ -76,7 +76,7 @@ def conv_forward(x, w, b, stride, dilation, pad_before, pad_after, groups, relu=
     y = out_buffer(out, (x.shape[0], *sizes, f), x.dtype)
     y2 = y.reshape(-1, f)
     if direct_path.fits(x, w, groups, where):
-        direct_path.forward(x, w, b, relu, y)
+        direct_path.forward(x, w, b, relu, y, training=keep is not None)
         return y
     if planar_path.fits(x, w, groups, where, training=keep is not None, pooled=False):
         planar_path.forward(x, w, b, relu, where, y)
