@@ -235,3 +235,15 @@ def test_winograd_runs_in_training_only(monkeypatch):
     conv_backward(x, w, np.ones_like(training), *SAME)
     assert calls == [1, 1]
     _close(training, inference, "training vs inference forward")
+
+
+@pytest.mark.parametrize("rows", [8, 13, 3])  # whole blocks of 8 rows, a partial one, none
+def test_batched_gemm_equals_matmul(rows):
+    from cnndsl.kernels.conv import direct
+
+    rng = np.random.default_rng(rows)
+    v = rng.standard_normal((16, rows, 40)).astype(np.float32)
+    u = rng.standard_normal((16, 40, 64)).astype(np.float32)
+    m = np.full((16, rows, 64), np.nan, np.float32)
+    direct._batched_gemm(v, u, m)
+    np.testing.assert_allclose(m, np.matmul(v.astype(np.float64), u), rtol=1e-5, atol=1e-4)

@@ -24,6 +24,10 @@ images (T = part.shape[0], one per thread); a run copies each image into a zero-
   the rest) and channel count C, and at most 16 / 32 output channels (wt: KH×KW×C×16·v, b:
   16·v, both zero beyond F), y4: N×OH×OW×F; tiles of 8 pixels. Inference of small convs
   (a lecture network's 5×5 convs with 10 and 20 filters).
+- `_batched_gemm(v, u, m)`: m[k] = v[k] · u[k] for v: K×T×C, u: K×C×F (F % 32 == 0),
+  m: K×T×F, over tiles of 8 rows × 32 columns (a last partial block one row at a time),
+  one parallel job per (k, block of rows): Winograd's 16 products (winograd.py) without
+  BLAS, whose single-threaded calls from two shards at once run at half speed each.
 """
 
 from __future__ import annotations
@@ -516,3 +520,84 @@ def _narrow_conv_v2(x, wt, b, relu, KH, KW, ph0, pw0, part, y4):
                     for p in range(1):
                         for f in range(F):
                             y[yb + p * F + f] = row[p * 32 + f]
+
+
+@kernel
+def _batched_gemm(v, u, m):
+    """See the module docstring."""
+    K, T, C = v.shape
+    F = u.shape[2]
+    blocks = -(-T // 8)
+    for job in prange(K * blocks):
+        k, block = job // blocks, job % blocks
+        for fb in range(F // 32):
+            if (block + 1) * 8 <= T:
+                first = block * 8
+                a_0_0 = a_0_1 = vzero()
+                a_1_0 = a_1_1 = vzero()
+                a_2_0 = a_2_1 = vzero()
+                a_3_0 = a_3_1 = vzero()
+                a_4_0 = a_4_1 = vzero()
+                a_5_0 = a_5_1 = vzero()
+                a_6_0 = a_6_1 = vzero()
+                a_7_0 = a_7_1 = vzero()
+                vb = (k * T + first) * C
+                ub = k * C * F + fb * 32
+                for c in range(C):
+                    w_0 = vload(u, ub + c * F + 0)
+                    w_1 = vload(u, ub + c * F + 16)
+                    x_0 = broadcast(sload(v, vb + 0 * C + c))
+                    a_0_0 = fma(x_0, w_0, a_0_0)
+                    a_0_1 = fma(x_0, w_1, a_0_1)
+                    x_1 = broadcast(sload(v, vb + 1 * C + c))
+                    a_1_0 = fma(x_1, w_0, a_1_0)
+                    a_1_1 = fma(x_1, w_1, a_1_1)
+                    x_2 = broadcast(sload(v, vb + 2 * C + c))
+                    a_2_0 = fma(x_2, w_0, a_2_0)
+                    a_2_1 = fma(x_2, w_1, a_2_1)
+                    x_3 = broadcast(sload(v, vb + 3 * C + c))
+                    a_3_0 = fma(x_3, w_0, a_3_0)
+                    a_3_1 = fma(x_3, w_1, a_3_1)
+                    x_4 = broadcast(sload(v, vb + 4 * C + c))
+                    a_4_0 = fma(x_4, w_0, a_4_0)
+                    a_4_1 = fma(x_4, w_1, a_4_1)
+                    x_5 = broadcast(sload(v, vb + 5 * C + c))
+                    a_5_0 = fma(x_5, w_0, a_5_0)
+                    a_5_1 = fma(x_5, w_1, a_5_1)
+                    x_6 = broadcast(sload(v, vb + 6 * C + c))
+                    a_6_0 = fma(x_6, w_0, a_6_0)
+                    a_6_1 = fma(x_6, w_1, a_6_1)
+                    x_7 = broadcast(sload(v, vb + 7 * C + c))
+                    a_7_0 = fma(x_7, w_0, a_7_0)
+                    a_7_1 = fma(x_7, w_1, a_7_1)
+                mb = (k * T + first) * F + fb * 32
+                vstore(m, mb + 0 * F + 0, a_0_0)
+                vstore(m, mb + 0 * F + 16, a_0_1)
+                vstore(m, mb + 1 * F + 0, a_1_0)
+                vstore(m, mb + 1 * F + 16, a_1_1)
+                vstore(m, mb + 2 * F + 0, a_2_0)
+                vstore(m, mb + 2 * F + 16, a_2_1)
+                vstore(m, mb + 3 * F + 0, a_3_0)
+                vstore(m, mb + 3 * F + 16, a_3_1)
+                vstore(m, mb + 4 * F + 0, a_4_0)
+                vstore(m, mb + 4 * F + 16, a_4_1)
+                vstore(m, mb + 5 * F + 0, a_5_0)
+                vstore(m, mb + 5 * F + 16, a_5_1)
+                vstore(m, mb + 6 * F + 0, a_6_0)
+                vstore(m, mb + 6 * F + 16, a_6_1)
+                vstore(m, mb + 7 * F + 0, a_7_0)
+                vstore(m, mb + 7 * F + 16, a_7_1)
+            else:
+                for first in range(block * 8, T):
+                    a_0_0 = a_0_1 = vzero()
+                    vb = (k * T + first) * C
+                    ub = k * C * F + fb * 32
+                    for c in range(C):
+                        w_0 = vload(u, ub + c * F + 0)
+                        w_1 = vload(u, ub + c * F + 16)
+                        x_0 = broadcast(sload(v, vb + 0 * C + c))
+                        a_0_0 = fma(x_0, w_0, a_0_0)
+                        a_0_1 = fma(x_0, w_1, a_0_1)
+                    mb = (k * T + first) * F + fb * 32
+                    vstore(m, mb + 0 * F + 0, a_0_0)
+                    vstore(m, mb + 0 * F + 16, a_0_1)

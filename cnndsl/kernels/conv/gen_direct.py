@@ -49,6 +49,10 @@ images (T = part.shape[0], one per thread); a run copies each image into a zero-
   the rest) and channel count C, and at most 16 / 32 output channels (wt: KH×KW×C×16·v, b:
   16·v, both zero beyond F), y4: N×OH×OW×F; tiles of 8 pixels. Inference of small convs
   (a lecture network's 5×5 convs with 10 and 20 filters).
+- `_batched_gemm(v, u, m)`: m[k] = v[k] · u[k] for v: K×T×C, u: K×C×F (F % 32 == 0),
+  m: K×T×F, over tiles of 8 rows × 32 columns (a last partial block one row at a time),
+  one parallel job per (k, block of rows): Winograd's 16 products (winograd.py) without
+  BLAS, whose single-threaded calls from two shards at once run at half speed each.
 """
 
 from __future__ import annotations
@@ -254,6 +258,46 @@ def _narrow(vectors: int) -> list[str]:
     return lines
 
 
+def _gemm_tile(lines: list[str], indent: str, rows: int) -> None:
+    """m[k, first:first + rows, fb·32:+32] = v[k, rows] · u[k, :, that block], the sums in
+    rows × 2 accumulators (a row of v broadcast per FMA, a block row of u in 2 vectors)."""
+    for p in range(rows):
+        lines.append(indent + " = ".join(f"a_{p}_{v}" for v in range(VECTORS)) + " = vzero()")
+    lines += [f"{indent}vb = (k * T + first) * C",
+              f"{indent}ub = k * C * F + fb * {BLOCK}",
+              f"{indent}for c in range(C):"]
+    inner = indent + "    "
+    for v in range(VECTORS):
+        lines.append(f"{inner}w_{v} = vload(u, ub + c * F + {16 * v})")
+    for p in range(rows):
+        lines.append(f"{inner}x_{p} = broadcast(sload(v, vb + {p} * C + c))")
+        for v in range(VECTORS):
+            lines.append(f"{inner}a_{p}_{v} = fma(x_{p}, w_{v}, a_{p}_{v})")
+    lines.append(f"{indent}mb = (k * T + first) * F + fb * {BLOCK}")
+    for p in range(rows):
+        for v in range(VECTORS):
+            lines.append(f"{indent}vstore(m, mb + {p} * F + {16 * v}, a_{p}_{v})")
+
+
+def _gemm() -> list[str]:
+    rows = NARROW_TILE
+    lines = ["", "", "@kernel", "def _batched_gemm(v, u, m):",
+             '    """See the module docstring."""',
+             "    K, T, C = v.shape",
+             "    F = u.shape[2]",
+             f"    blocks = -(-T // {rows})",
+             "    for job in prange(K * blocks):",
+             "        k, block = job // blocks, job % blocks",
+             f"        for fb in range(F // {BLOCK}):",
+             f"            if (block + 1) * {rows} <= T:",
+             f"                first = block * {rows}"]
+    _gemm_tile(lines, "                ", rows)
+    lines += ["            else:",
+              f"                for first in range(block * {rows}, T):"]
+    _gemm_tile(lines, "                    ", 1)
+    return lines
+
+
 def source() -> str:
     lines = [HEADER.rstrip("\n")]
     for pixels in TILES:
@@ -261,6 +305,7 @@ def source() -> str:
     lines += _weight_grad()
     for vectors in (1, 2):
         lines += _narrow(vectors)
+    lines += _gemm()
     return "\n".join(lines) + "\n"
 
 

@@ -12,12 +12,14 @@ Algorithms for Convolutional Neural Networks", 2016):
 
 where d is a 4×4 input patch, g a 3×3 filter. Over a batch that is three passes:
 `_input_transform` (V: 16×T×C, T = N·⌈H/2⌉·⌈W/2⌉ tiles), sixteen GEMMs
-M[k] = V[k]·U[k] (U = the transformed weights, 16×C×F; NumPy's BLAS, batched), and
+M[k] = V[k]·U[k] (U = the transformed weights, 16×C×F; `direct._batched_gemm`'s register
+tiles: OpenBLAS's single-threaded calls from two training shards at once ran at half
+speed each, 88 -> 49 GFLOP/s, as if one at a time), and
 `_output_transform` (M: 16×T×F -> y, plus the bias and the ReLU), the transforms 16
 channels at a time in `F32x16` values (simd.py). On small images with 64 or more channels
 the GEMMs' 2.25× fewer FLOPs outweigh the transforms' passes over V and M (4× the input
-and output): net C (benchmarks/bench_train.py, cnndsl alone, alternating with the direct
-kernels) trained at 222–235 img/s against 207–216 and inferred at 722 against 615–671.
+and output): net C (benchmarks/bench_train.py, cnndsl alone) trained at 242–251 img/s
+against 207–216 with the direct kernels alone (PyTorch: 192–203 in the same runs).
 The data gradient is the same conv of dy with the flipped, transposed weight
 (direct_path.backward); the weight gradient stays with the direct kernel.
 
@@ -31,6 +33,7 @@ from __future__ import annotations
 import numpy as np
 from numba import prange
 
+from cnndsl.kernels.conv import direct
 from cnndsl.kernels.conv.common import kernel
 from cnndsl.kernels.conv.simd import vadd, vload, vrelu, vstore, vsub
 from cnndsl.kernels.jit import helper
@@ -41,20 +44,19 @@ MAX_PIXELS = 256
 #: bytes of V (and of M) per chunk of images
 CHUNK_BYTES = 4 << 20
 #: fewest input and output channels given to Winograd (net B's 32 -> 32 channels on 14×14
-#: measured slower than the direct kernels)
+#: measured slower than the direct kernels with the GEMMs in BLAS)
 MIN_CHANNELS = 64
 
 def fits(x, w) -> bool:
     """For a conv `direct_path.fits` takes (x: N×1×H×W×C, w: F×C×1×3×3) in training:
     whether Winograd does it: small images, and at least MIN_CHANNELS channels in and out
-    (the GEMMs' inner and outer sizes: with 32, OpenBLAS runs them too slowly to gain).
+    (the GEMMs' inner and outer sizes: with 32 they were too small to gain).
 
-    Not at inference: there the whole batch runs each kernel on both threads, and the
-    GEMMs' two OpenBLAS threads touch their packing buffers: net C's inference then grew
-    its peak RSS from 102 to 167–177 MB, as much as PyTorch's 176–184, for 720–880 img/s
-    against 615–671 with the direct kernels, already 1.3× PyTorch's. A training step runs
-    one shard per thread with one BLAS thread each (C train: RSS 130–146 MB, PyTorch's
-    241–274)."""
+    Not at inference: net C's inference at batch 256 ran at 864–903 img/s with it against
+    615–680 without (already 1.3× PyTorch's), but its peak RSS growth went from 102–143
+    to 161–178 MB, PyTorch's being 176–192: the chunks' scratch (padded copies, V, M, U)
+    on top of the activations, which glibc keeps for reuse (cnndsl.model). A training
+    step's shards (C train: 130–146 MB, PyTorch's 241–274) have the room."""
     return (x.shape[2] * x.shape[3] <= MAX_PIXELS
             and min(w.shape[0], w.shape[1]) >= MIN_CHANNELS)
 
@@ -96,7 +98,7 @@ def forward(x, w, b, relu: bool, y) -> None:
             m = np.empty((16, count * th * tw, f), np.float32)
         padded[:, 1:h + 1, 1:width + 1] = x[start:start + count, 0]
         _input_transform(padded, v)
-        np.matmul(v, u, out=m)
+        direct._batched_gemm(v, u, m)
         _output_transform(m, bias, relu, y[start:start + count, 0])
 
 
