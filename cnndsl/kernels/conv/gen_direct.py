@@ -95,26 +95,41 @@ def _copy_image(lines: list[str], indent: str, masked: bool) -> None:
         lines.append(f"{inner}vstore(xp, dst + c, vload(x, src + c))")
 
 
+def zeroed(lines: list[str], indent: str, rows: int, vectors: int) -> None:
+    """The accumulators a_r_v (rows × vectors of them), each its own variable, set to 0."""
+    for r in range(rows):
+        lines.append(indent + " = ".join(f"a_{r}_{v}" for v in range(vectors)) + " = vzero()")
+
+
+def outer_product(lines: list[str], indent: str, rows: int, vectors: int, broadcast_of,
+                  vector_of, names: tuple[str, str] = ("x", "w")) -> None:
+    """a_r_v += (the scalar `broadcast_of(r)`, in all lanes) · (the vector `vector_of(v)`)
+    for every row r and vector v: the vectors loaded once, each scalar broadcast once.
+    `names`: the variables' prefixes (broadcast scalars, vectors)."""
+    row, vector = names
+    for v in range(vectors):
+        lines.append(f"{indent}{vector}_{v} = {vector_of(v)}")
+    for r in range(rows):
+        lines.append(f"{indent}{row}_{r} = broadcast({broadcast_of(r)})")
+        for v in range(vectors):
+            lines.append(f"{indent}a_{r}_{v} = fma({row}_{r}, {vector}_{v}, a_{r}_{v})")
+
+
 def _accumulate(lines: list[str], indent: str, pixels: int, vectors: int, first: str,
                 window: tuple[str, str], weight_base: str) -> None:
     """a_p_v = Σ over the window's taps (kh, kw) and the C input channels of
     x_pad[oh + kh, first + p + kw, c] · wt[weight_base + c·block + 16v : ... + 16]: the
     P×`vectors` accumulators of a tile of P = `pixels` pixels, each its own variable."""
     block = 16 * vectors
-    for p in range(pixels):
-        lines.append(indent + " = ".join(f"a_{p}_{v}" for v in range(vectors)) + " = vzero()")
+    zeroed(lines, indent, pixels, vectors)
     lines += [f"{indent}for kh in range({window[0]}):",
               f"{indent}    for kw in range({window[1]}):",
               f"{indent}        xb = ((oh + kh) * Wp + {first} + kw) * C",
               f"{indent}        wb = {weight_base}",
               f"{indent}        for c in range(C):"]
-    inner = indent + "            "
-    for v in range(vectors):
-        lines.append(f"{inner}w_{v} = vload(wt, wb + c * {block} + {16 * v})")
-    for p in range(pixels):
-        lines.append(f"{inner}x_{p} = broadcast(sload(xp, xb + {p} * C + c))")
-        for v in range(vectors):
-            lines.append(f"{inner}a_{p}_{v} = fma(x_{p}, w_{v}, a_{p}_{v})")
+    outer_product(lines, indent + "            ", pixels, vectors,
+                  lambda p: f"sload(xp, xb + {p} * C + c)",
+                  lambda v: f"vload(wt, wb + c * {block} + {16 * v})")
 
 
 def _finished(p: int, v: int) -> str:
@@ -185,20 +200,15 @@ def _weight_grad() -> list[str]:
               "                    for kh in range(3):",
               "                        for kw in range(3):"]
     indent = "                            "
-    for i in range(DW_CHANNELS):
-        lines.append(indent + " = ".join(f"a_{i}_{v}" for v in range(VECTORS)) + " = vzero()")
+    zeroed(lines, indent, DW_CHANNELS, VECTORS)
     lines += [f"{indent}for i in range(count):",
               f"{indent}    for oh in range(H):",
               f"{indent}        xb = i * plane + ((oh + kh) * Wp + kw) * C + cb * {DW_CHANNELS}",
               f"{indent}        db = ((first + i) * H + oh) * W * F + fb * {BLOCK}",
               f"{indent}        for ow in range(W):"]
-    inner = indent + "            "
-    for v in range(VECTORS):
-        lines.append(f"{inner}d_{v} = vload(dy, db + ow * F + {16 * v})")
-    for i in range(DW_CHANNELS):
-        lines.append(f"{inner}x_{i} = broadcast(sload(xp, xb + ow * C + {i}))")
-        for v in range(VECTORS):
-            lines.append(f"{inner}a_{i}_{v} = fma(x_{i}, d_{v}, a_{i}_{v})")
+    outer_product(lines, indent + "            ", DW_CHANNELS, VECTORS,
+                  lambda i: f"sload(xp, xb + ow * C + {i})",
+                  lambda v: f"vload(dy, db + ow * F + {16 * v})", names=("x", "d"))
     lines.append(f"{indent}out = base + ((kh * 3 + kw) * C + cb * {DW_CHANNELS}) * F"
                  f" + fb * {BLOCK}")
     for i in range(DW_CHANNELS):
@@ -261,18 +271,13 @@ def _narrow(vectors: int) -> list[str]:
 def _gemm_tile(lines: list[str], indent: str, rows: int) -> None:
     """m[k, first:first + rows, fb·32:+32] = v[k, rows] · u[k, :, that block], the sums in
     rows × 2 accumulators (a row of v broadcast per FMA, a block row of u in 2 vectors)."""
-    for p in range(rows):
-        lines.append(indent + " = ".join(f"a_{p}_{v}" for v in range(VECTORS)) + " = vzero()")
+    zeroed(lines, indent, rows, VECTORS)
     lines += [f"{indent}vb = (k * T + first) * C",
               f"{indent}ub = k * C * F + fb * {BLOCK}",
               f"{indent}for c in range(C):"]
-    inner = indent + "    "
-    for v in range(VECTORS):
-        lines.append(f"{inner}w_{v} = vload(u, ub + c * F + {16 * v})")
-    for p in range(rows):
-        lines.append(f"{inner}x_{p} = broadcast(sload(v, vb + {p} * C + c))")
-        for v in range(VECTORS):
-            lines.append(f"{inner}a_{p}_{v} = fma(x_{p}, w_{v}, a_{p}_{v})")
+    outer_product(lines, indent + "    ", rows, VECTORS,
+                  lambda p: f"sload(v, vb + {p} * C + c)",
+                  lambda v: f"vload(u, ub + c * F + {16 * v})")
     lines.append(f"{indent}mb = (k * T + first) * F + fb * {BLOCK}")
     for p in range(rows):
         for v in range(VECTORS):

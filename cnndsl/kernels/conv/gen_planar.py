@@ -26,6 +26,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from cnndsl.kernels.conv.gen_direct import outer_product, zeroed
+
 #: (filters, vectors of 16 positions) per tile of each generated kernel: the path picks the
 #: filter count that pads F least (F = 10 -> 5, 20 -> 5, 12 -> 6, 16 -> 8)
 TILES = ((4, 4), (5, 4), (6, 3), (8, 2), (10, 2))
@@ -88,20 +90,16 @@ def _planar(filters: int, vectors: int) -> list[str]:
              "            for fb in range(blocks):",
              "                for tile in range(chunks):",
              f"                    q0 = tile * {chunk}"]
-    for f in range(filters):
-        lines.append(indent + " = ".join(f"a_{f}_{v}" for v in range(vectors)) + " = vzero()")
+    zeroed(lines, indent, filters, vectors)
     lines += [f"{indent}for c in range(C):",
               f"{indent}    for kh in range(KH):",
               f"{indent}        for kw in range(KW):",
               f"{indent}            xb = c * plane + kh * Wp + kw + q0",
               f"{indent}            wb = (((fb * C + c) * KH + kh) * KW + kw) * {filters}"]
-    inner = indent + "            "
-    for v in range(vectors):
-        lines.append(f"{inner}x_{v} = vload(xp, xb + {16 * v})")
-    for f in range(filters):
-        lines.append(f"{inner}w_{f} = broadcast(sload(wp, wb + {f}))")
-        for v in range(vectors):
-            lines.append(f"{inner}a_{f}_{v} = fma(x_{v}, w_{f}, a_{f}_{v})")
+    # the transposed direct tile: broadcast weights, vectors of positions
+    outer_product(lines, indent + "            ", filters, vectors,
+                  lambda f: f"sload(wp, wb + {f})", lambda v: f"vload(xp, xb + {16 * v})",
+                  names=("w", "x"))
     lines.append(f"{indent}sb = fb * {filters} * Qp + q0")
     for f in range(filters):
         for v in range(vectors):
@@ -112,7 +110,8 @@ def _planar(filters: int, vectors: int) -> list[str]:
 
 
 def source() -> str:
-    lines = [HEADER.rstrip("\n")]
+    lines = [HEADER.rstrip("\n"), "", "#: (filters, vectors) of each kernel below",
+             f"TILES = {TILES!r}"]
     for filters, vectors in TILES:
         lines += _planar(filters, vectors)
     return "\n".join(lines) + "\n"

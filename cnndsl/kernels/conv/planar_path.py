@@ -22,7 +22,6 @@ import numpy as np
 
 from cnndsl import threads
 from cnndsl.kernels.conv import planar
-from cnndsl.kernels.conv.gen_planar import TILES
 
 #: the most filters the planar path takes
 MOST_FILTERS = 32
@@ -53,7 +52,7 @@ def _tile(filters: int, positions: int) -> tuple[int, int]:
         chunk = 16 * vectors
         padded = -(-filters // per_filter) * per_filter * (-(-positions // chunk) * chunk)
         return padded, -per_filter * vectors
-    return min(TILES, key=work)
+    return min(planar.TILES, key=work)
 
 
 def forward(x, w, b, relu: bool, where, y, pool=None) -> None:
