@@ -89,32 +89,29 @@ def backward(x, w, dy, need_dx: bool, y=None):
     n, c = x.shape[0], x.shape[-1]
     f = w.shape[0]
     dx = None
-    if need_dx and winograd.fits(x, w):
-        # dx = conv(dy masked, w flipped on its taps, inputs and outputs swapped)
+    # dx = conv(dy masked, w flipped on its taps, inputs and outputs swapped)
+    flipped = w[:, :, :, ::-1, ::-1].transpose(1, 0, 2, 3, 4) if need_dx else None
+    if need_dx and not winograd.fits(x, w):  # masks dy and sums db as it reads it
+        dx = np.empty_like(x)
+        packed = _packed(np.ascontiguousarray(flipped))
+        if y is not None:
+            masked = np.empty_like(dy)
+            part = np.zeros((_runs(n), f), np.float32)
+            _conv(dy[:, 0], packed, np.zeros(c, np.float32), False, dx[:, 0],
+                  mask=y[:, 0], masked_out=masked[:, 0], part=part)
+            dy, db = masked, part.sum(axis=0, dtype=np.float64).astype(np.float32)
+        else:
+            _conv(dy[:, 0], packed, np.zeros(c, np.float32), False, dx[:, 0])
+            db = _sum_rows(dy.reshape(-1, f))
+    else:
         if y is not None:
             dy2, db = _relu_masked(y.reshape(-1, f), dy.reshape(-1, f))
             dy = dy2.reshape(dy.shape)
         else:
             db = _sum_rows(dy.reshape(-1, f))
-        dx = np.empty_like(x)
-        winograd.forward(dy, w[:, :, :, ::-1, ::-1].transpose(1, 0, 2, 3, 4), None, False, dx)
-    elif need_dx:
-        flipped = np.ascontiguousarray(w[:, :, :, ::-1, ::-1].transpose(1, 0, 2, 3, 4))
-        dx = np.empty_like(x)
-        if y is not None:
-            masked = np.empty_like(dy)
-            part = np.zeros((_runs(n), f), np.float32)
-            _conv(dy[:, 0], _packed(flipped), np.zeros(c, np.float32), False, dx[:, 0],
-                  mask=y[:, 0], masked_out=masked[:, 0], part=part)
-            dy, db = masked, part.sum(axis=0, dtype=np.float64).astype(np.float32)
-        else:
-            _conv(dy[:, 0], _packed(flipped), np.zeros(c, np.float32), False, dx[:, 0])
-            db = _sum_rows(dy.reshape(-1, f))
-    elif y is not None:
-        dy2, db = _relu_masked(y.reshape(-1, f), dy.reshape(-1, f))
-        dy = dy2.reshape(dy.shape)
-    else:
-        db = _sum_rows(dy.reshape(-1, f))
+        if need_dx:  # Winograd, on the masked dy
+            dx = np.empty_like(x)
+            winograd.forward(dy, flipped, None, False, dx)
     runs = _runs(n)
     part = np.empty((runs, 3, 3, c, f), np.float32)
     direct._direct_weight_grad(x[:, 0], dy[:, 0], _group(-(-n // runs), *x.shape[2:]), part)

@@ -75,13 +75,14 @@ def conv_forward(x, w, b, stride, dilation, pad_before, pad_after, groups, relu=
         return out
     y = out_buffer(out, (x.shape[0], *sizes, f), x.dtype)
     y2 = y.reshape(-1, f)
+    training = keep is not None
     if direct_path.fits(x, w, groups, where):
-        direct_path.forward(x, w, b, relu, y, training=keep is not None)
+        direct_path.forward(x, w, b, relu, y, training=training)
         return y
-    if planar_path.fits(x, w, groups, where, training=keep is not None, pooled=False):
+    if planar_path.fits(x, w, groups, where, training=training, pooled=False):
         planar_path.forward(x, w, b, relu, where, y)
         return y
-    if direct_path.narrow_fits(x, w, groups, where, training=keep is not None):
+    if direct_path.narrow_fits(x, w, groups, where, training=training):
         direct_path.narrow_forward(x, w, b, relu, where, y)
         return y
     if is_blocked(x, w, groups, where):

@@ -17,25 +17,19 @@ its vectors).
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 
-from cnndsl import threads
-from cnndsl.kernels.conv import planar
+from cnndsl.kernels.conv import direct_path, planar
 
-#: the most filters the planar path takes
-MOST_FILTERS = 32
 #: a conv without a pool takes the planar path rather than the narrow one when its filters
 #: are not a multiple of FILTER_VECTOR or it has fewer than FEW_CHANNELS input channels
 FILTER_VECTOR, FEW_CHANNELS = 16, 8
 
 
 def fits(x, w, groups, where, training: bool, pooled: bool) -> bool:
-    """Whether the conv takes the planar path (see the module docstring)."""
-    return (not training and x.dtype == np.float32 and w.dtype == np.float32
-            and groups == 1 and x.shape[1] == 1 and w.shape[2] == 1
-            and where.stride == (1, 1, 1) and where.dilation == (1, 1, 1)
-            and w.shape[0] <= MOST_FILTERS and not numba.config.DISABLE_JIT
+    """Whether the conv takes the planar path (see the module docstring): one the narrow
+    kernels could take (inference, stride 1, at most 32 filters...), where it pays."""
+    return (direct_path.narrow_fits(x, w, groups, where, training)
             and (pooled or w.shape[0] % FILTER_VECTOR != 0 or x.shape[-1] < FEW_CHANNELS))
 
 
@@ -70,9 +64,7 @@ def forward(x, w, b, relu: bool, where, y, pool=None) -> None:
     bias = np.zeros(blocks * per_filter, np.float32)
     if b is not None:
         bias[:f] = b
-    if not threads.numba_started():
-        threads.start_numba_threads()
-    runs = np.zeros((max(1, min(len(x), numba.get_num_threads())), 1), np.float32)
+    runs = np.zeros((direct_path._runs(len(x)), 1), np.float32)
     kernel = getattr(planar, f"_planar_conv_f{per_filter}v{vectors}")
     kernel(x[:, 0], packed, bias, relu, kh, kw, where.pad[1], where.pad[2], oh, ow,
            ph, pw, sh, sw, runs, y[:, 0])
